@@ -1,0 +1,63 @@
+"""Solve image captchas during a Scrapy crawl through CapSolver, without blocking it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .addon import Addon
+from .errors import (
+    CaptchaAccountError,
+    CaptchaApiError,
+    CaptchaBlockedError,
+    CaptchaBudgetError,
+    CaptchaCrawlClosingError,
+    CaptchaImageError,
+    CaptchaInjectionError,
+    CaptchaOptionsError,
+    CaptchaRejectedError,
+    CaptchaSolveError,
+    CaptchaTaskError,
+    CaptchaTimeoutError,
+    CaptchaTransientError,
+)
+from .middleware import CaptchaSolverMiddleware
+from .solution import CaptchaSolution
+from .solver import CaptchaSolver
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+__all__ = [
+    "Addon",
+    "CaptchaAccountError",
+    "CaptchaApiError",
+    "CaptchaBlockedError",
+    "CaptchaBudgetError",
+    "CaptchaCrawlClosingError",
+    "CaptchaImageError",
+    "CaptchaInjectionError",
+    "CaptchaOptionsError",
+    "CaptchaRejectedError",
+    "CaptchaSolution",
+    "CaptchaSolveError",
+    "CaptchaSolver",
+    "CaptchaSolverMiddleware",
+    "CaptchaTaskError",
+    "CaptchaTimeoutError",
+    "CaptchaTransientError",
+    "get_solver",
+]
+
+
+def get_solver(crawler: Crawler) -> CaptchaSolver:
+    """The running crawl's :class:`CaptchaSolver`, to solve images a spider obtained
+    itself: ``solution = await get_solver(self.crawler).solve(png_bytes)``."""
+    engine = crawler.engine
+    if engine is not None:
+        for middleware in engine.downloader.middleware.middlewares:
+            if isinstance(middleware, CaptchaSolverMiddleware):
+                return middleware.solver
+    raise RuntimeError(
+        "CaptchaSolverMiddleware is not enabled in this crawl: add "
+        "ADDONS = {'scrapy_capsolver_ocr.Addon': 500} to the settings."
+    )

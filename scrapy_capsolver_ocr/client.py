@@ -1,0 +1,234 @@
+"""One HTTP call to the CapSolver API over treq, and what its answer means.
+
+This module makes single calls and classifies their outcome into the exceptions of
+:mod:`.errors`; retries, pacing and stats live in :mod:`.solver`, where they can be counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import treq
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from .errors import (
+    CaptchaAccountError,
+    CaptchaApiError,
+    CaptchaBlockedError,
+    CaptchaTaskError,
+    CaptchaTimeoutError,
+    CaptchaTransientError,
+)
+from .settings import ApiKey
+
+logger = logging.getLogger(__name__)
+
+# An API answer is a few hundred bytes; anything far larger is a broken proxy or server,
+# and reading it whole would let one bad answer take the crawl's memory.
+MAX_ANSWER_SIZE = 1_048_576
+
+TRANSIENT_CODES = frozenset(
+    {
+        "ERROR_SERVICE_UNAVALIABLE",
+        "ERROR_SERVICE_UNAVAILABLE",
+        "ERROR_RATE_LIMIT",
+        "ERROR_TASK_TIMEOUT",
+    }
+)
+# Worth one more try, not more: CapSolver does not charge for them, but repeating the same
+# image rarely changes the outcome.
+RETRY_ONCE_CODES = frozenset({"ERROR_CAPTCHA_UNSOLVABLE", "ERROR_BAD_REQUEST"})
+BAD_KEY_CODES = frozenset({"ERROR_KEY_DENIED_ACCESS"})
+NO_MONEY_CODES = frozenset({"ERROR_ZERO_BALANCE", "ERROR_SETTLEMENT_FAILED"})
+BLOCKED_CODES = frozenset({"ERROR_KEY_TEMP_BLOCKED", "ERROR_IP_BANNED"})
+
+CLOSE_BAD_KEY = "capsolver_bad_key"
+CLOSE_ZERO_BALANCE = "capsolver_zero_balance"
+CLOSE_BLOCKED = "capsolver_blocked"
+
+
+class _AnswerTooLarge(Exception):
+    pass
+
+
+class _RetryOnce(CaptchaTaskError):
+    retry_limit = 1
+
+
+def missing_key_error() -> CaptchaAccountError:
+    return CaptchaAccountError(
+        "No CapSolver API key: set the CAPSOLVER_API_KEY setting or environment variable.",
+        error_code="MISSING_KEY",
+        close_reason=CLOSE_BAD_KEY,
+    )
+
+
+def error_for_code(code: str, description: str, status: int) -> CaptchaApiError:
+    """The exception for an answer with ``errorId`` != 0 (or HTTP 401)."""
+    said = f"CapSolver answered {code or f'HTTP {status}'}"
+    if description:
+        said += f" ({description})"
+    if code in BAD_KEY_CODES or (status == 401 and code not in BLOCKED_CODES):
+        return CaptchaAccountError(
+            f"{said}: the API key was refused; check CAPSOLVER_API_KEY.",
+            code or "HTTP_401",
+            description,
+            close_reason=CLOSE_BAD_KEY,
+        )
+    if code in NO_MONEY_CODES:
+        return CaptchaAccountError(
+            f"{said}: the account has no balance left; top it up to go on solving.",
+            code,
+            description,
+            close_reason=CLOSE_ZERO_BALANCE,
+        )
+    if code in BLOCKED_CODES:
+        return CaptchaBlockedError(
+            f"{said}: CapSolver blocked the key or this IP for a while after too many "
+            "errors; solving pauses for CAPSOLVER_BLOCK_PAUSE seconds.",
+            code,
+            description,
+            close_reason=CLOSE_BLOCKED,
+        )
+    if code in TRANSIENT_CODES:
+        return CaptchaTransientError(
+            f"{said}: the service is busy; retried with backoff.", code, description
+        )
+    if code in RETRY_ONCE_CODES:
+        return _RetryOnce(f"{said}: this image could not be solved.", code, description)
+    return CaptchaTaskError(
+        f"{said}: CapSolver refused this task; check the image and the task options.",
+        code,
+        description,
+    )
+
+
+class CapSolverApi:
+    """POSTs JSON to the CapSolver API through one persistent treq connection pool.
+
+    TLS certificates are verified (treq's default agent policy); redirects are not followed,
+    so the key in the body never goes to another host.
+    """
+
+    def __init__(
+        self, api_url: str, api_key: ApiKey | None, timeout: float, max_connections: int
+    ) -> None:
+        from twisted.internet import reactor
+
+        self.api_url = api_url
+        self.api_key = api_key
+        self.timeout = timeout
+        self._reactor = reactor
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = max_connections
+        agent: Any = Agent(reactor, pool=self._pool)
+        self._http = treq.client.HTTPClient(agent)
+
+    def __repr__(self) -> str:
+        return f"CapSolverApi(api_url={self.api_url!r}, api_key={self.api_key!r})"
+
+    async def call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST ``payload`` plus the key to ``/method`` and return the answer's JSON object.
+
+        Raises a :class:`CaptchaApiError` subclass on any failure.
+        """
+        if self.api_key is None:
+            raise missing_key_error()
+        body = json.dumps({"clientKey": self.api_key.reveal(), **payload}).encode()
+        deferred = self._post(f"{self.api_url}/{method}", body)
+        try:
+            status, raw = await maybe_deferred_to_future(deferred)
+        except CaptchaApiError:
+            raise
+        except (TimeoutError, CancelledError):
+            raise CaptchaTimeoutError(
+                f"CapSolver {method} took longer than CAPSOLVER_TIMEOUT ({self.timeout:g} s).",
+                "TIMEOUT",
+            ) from None
+        except _AnswerTooLarge:
+            raise CaptchaTransientError(
+                f"CapSolver {method} answered more than {MAX_ANSWER_SIZE} bytes; "
+                "not an API answer (a proxy or a broken server in the way?).",
+                "ANSWER_TOO_LARGE",
+            ) from None
+        except Exception as exc:
+            reason = type(exc).__name__
+            raise CaptchaTransientError(
+                f"CapSolver {method} failed: {reason}: {exc}", f"CONNECTION_{reason}"
+            ) from None
+        return self._parse(method, status, raw)
+
+    def _post(self, url: str, body: bytes) -> Deferred[tuple[int, bytes]]:
+        chunks: list[bytes] = []
+        received = 0
+
+        def collect(chunk: bytes) -> None:
+            nonlocal received
+            received += len(chunk)
+            if received > MAX_ANSWER_SIZE:
+                raise _AnswerTooLarge()
+            chunks.append(chunk)
+
+        def read(response: Any) -> Deferred[tuple[int, bytes]]:
+            done = treq.collect(response, collect)
+            return done.addCallback(lambda _: (response.code, b"".join(chunks)))
+
+        headers: dict[bytes | str, bytes | str] = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        request: Deferred[Any] = self._http.post(
+            url,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+        )
+        request.addCallback(read)
+        request.addTimeout(self.timeout, self._reactor)
+        return request
+
+    @staticmethod
+    def _parse(method: str, status: int, raw: bytes) -> dict[str, Any]:
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            if status == 401:
+                raise error_for_code("", "", status)
+            said = (
+                f"CapSolver {method} answered HTTP {status} with a body that is not a JSON "
+                f"object: {raw[:80].decode('utf-8', 'replace')!r}"
+            )
+            if 400 <= status < 500 and status != 429:
+                # Another client error will not go away by asking again: most often
+                # CAPSOLVER_API_URL points at something that is not the API.
+                raise CaptchaTaskError(f"{said}; check CAPSOLVER_API_URL.", f"HTTP_{status}")
+            code = f"HTTP_{status}" if status >= 400 else "NOT_JSON"
+            raise CaptchaTransientError(said, code)
+        error_id = answer.get("errorId")
+        if error_id not in (0, None) or (error_id is None and status >= 400):
+            raise error_for_code(
+                str(answer.get("errorCode") or ""),
+                str(answer.get("errorDescription") or ""),
+                status,
+            )
+        if status == 401:
+            raise error_for_code("", "", status)
+        if status >= 500 or status == 429:
+            raise CaptchaTransientError(
+                f"CapSolver {method} answered HTTP {status}.", f"HTTP_{status}"
+            )
+        if error_id is None:
+            raise CaptchaTransientError(
+                f"CapSolver {method} answered JSON without errorId: not an API answer.",
+                "MALFORMED_ANSWER",
+            )
+        return answer
+
+    async def close(self) -> None:
+        await maybe_deferred_to_future(self._pool.closeCachedConnections())

@@ -1,0 +1,83 @@
+"""The exceptions a request's errback can receive from the middleware.
+
+Every failure of a solve is a :class:`CaptchaSolveError`; the subclasses say which kind,
+so an errback can decide with ``failure.check(...)`` whether to retry, skip or stop.
+"""
+
+from __future__ import annotations
+
+
+class CaptchaSolveError(Exception):
+    """Base class: a captcha could not be solved for this request."""
+
+
+class CaptchaOptionsError(CaptchaSolveError):
+    """The request's ``solve_image`` (or another captcha meta key) has a wrong value."""
+
+
+class CaptchaImageError(CaptchaSolveError):
+    """The response is not a captcha image that can be sent: empty, not a raster image,
+    truncated, too large, or an HTTP error page. No API call was made."""
+
+
+class CaptchaApiError(CaptchaSolveError):
+    """CapSolver answered with an error (``errorId`` != 0) or could not be reached.
+
+    ``error_code`` is CapSolver's ``errorCode`` (or a transport reason such as
+    ``HTTP_503``); ``retry_limit`` is how many times such a failure may be retried
+    (``None``: up to ``CAPSOLVER_MAX_RETRIES``).
+    """
+
+    retry_limit: int | None = 0
+
+    def __init__(self, message: str, error_code: str = "", description: str = "") -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.description = description
+
+
+class CaptchaTaskError(CaptchaApiError):
+    """CapSolver refused or could not solve this image; other images are not affected."""
+
+
+class CaptchaTransientError(CaptchaApiError):
+    """A transient failure (busy service, rate limit, HTTP 5xx, connection trouble) that
+    persisted through every retry."""
+
+    retry_limit = None
+
+
+class CaptchaTimeoutError(CaptchaTransientError):
+    """The API call took longer than ``CAPSOLVER_TIMEOUT`` seconds, on every attempt."""
+
+
+class CaptchaAccountError(CaptchaApiError):
+    """The account cannot solve anything (missing or bad key, no balance, blocked):
+    continuing is pointless, so the crawl is closed with :attr:`close_reason`."""
+
+    def __init__(
+        self, message: str, error_code: str = "", description: str = "", close_reason: str = ""
+    ) -> None:
+        super().__init__(message, error_code, description)
+        self.close_reason = close_reason
+
+
+class CaptchaBlockedError(CaptchaAccountError):
+    """CapSolver blocked the key or this IP for a while (``ERROR_KEY_TEMP_BLOCKED``,
+    ``ERROR_IP_BANNED``). Solving pauses; a second block closes the crawl."""
+
+
+class CaptchaBudgetError(CaptchaSolveError):
+    """``CAPSOLVER_MAX_TASKS`` createTask calls were made; no more are allowed in this crawl."""
+
+
+class CaptchaCrawlClosingError(CaptchaSolveError):
+    """The crawl is closing; the solve was not started."""
+
+
+class CaptchaRejectedError(CaptchaSolveError):
+    """The site rejected the solved answers ``CAPSOLVER_MAX_ATTEMPTS`` times in a row."""
+
+
+class CaptchaInjectionError(CaptchaSolveError):
+    """The solved text could not be put into the follow-up request."""

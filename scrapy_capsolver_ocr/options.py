@@ -1,0 +1,52 @@
+"""The per-request ``solve_image`` meta value, validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import CaptchaOptionsError
+from .settings import check_score, check_text, check_url
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """What one request asked for: ``True`` gives all defaults."""
+
+    module: str | None = None
+    score: float | None = None
+    website_url: str | None = None
+
+
+_CHECKS = {"module": check_text, "score": check_score, "website_url": check_url}
+_ALLOWED = ", ".join(field.name for field in fields(SolveOptions))
+
+
+def solve_options(meta: dict[str, Any]) -> SolveOptions | None:
+    """The options of ``meta["solve_image"]``, or None when the request did not ask for a
+    solve. Raises :class:`CaptchaOptionsError` for a value of the wrong type or content."""
+    value = meta.get("solve_image")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return SolveOptions()
+    if not isinstance(value, dict):
+        raise CaptchaOptionsError(
+            f"meta['solve_image'] must be True or a dict with any of {_ALLOWED}, "
+            f"not {type(value).__name__} {value!r}"
+        )
+    unknown = sorted(set(value) - set(_CHECKS))
+    if unknown:
+        raise CaptchaOptionsError(
+            f"meta['solve_image'] has unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {_ALLOWED}"
+        )
+    checked: dict[str, Any] = {}
+    for name, raw in value.items():
+        if raw is None:
+            continue
+        try:
+            checked[name] = _CHECKS[name](f"meta['solve_image'][{name!r}]", raw)
+        except ValueError as exc:
+            raise CaptchaOptionsError(str(exc)) from None
+    return SolveOptions(**checked)

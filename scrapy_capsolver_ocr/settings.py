@@ -1,0 +1,233 @@
+"""``CAPSOLVER_*`` settings, read and validated once into one typed object."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from scrapy.exceptions import NotConfigured
+from scrapy.settings import BaseSettings
+
+DEFAULT_API_URL = "https://api.capsolver.com"
+SCORE_RANGE = (0.8, 1.0)
+
+T = TypeVar("T")
+
+
+class ApiKey:
+    """The account key. Its ``repr`` and ``str`` show at most its last four characters, so
+    it cannot leak through a log line, a stats dump or an exception; :meth:`reveal` gives
+    the key itself, for the request body only."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        # Four characters of a long key tell accounts apart without helping anyone use it.
+        tail = self._value[-4:] if len(self._value) >= 16 else ""
+        return f"ApiKey('...{tail}')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ApiKey) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def invalid(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{name}={value!r} is not valid: expected {allowed}")
+
+
+def check_score(name: str, value: Any) -> float:
+    low, high = SCORE_RANGE
+    if isinstance(value, bool):
+        raise invalid(name, value, f"a number from {low} to {high}")
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise invalid(name, value, f"a number from {low} to {high}") from None
+    if not low <= score <= high:
+        raise invalid(name, value, f"a number from {low} to {high}")
+    return score
+
+
+def check_text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise invalid(name, value, "a non-empty string")
+    return value.strip()
+
+
+def check_url(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise invalid(name, value, "an http:// or https:// URL")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise invalid(name, value, "an http:// or https:// URL")
+    return value
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Reader:
+    """Typed getters that name the setting, the value and what is allowed on bad input."""
+
+    def __init__(self, settings: BaseSettings) -> None:
+        self.settings = settings
+
+    def _convert(self, name: str, default: T, convert: Callable[[Any], T], allowed: str) -> T:
+        raw = self.settings.get(name, default)
+        if raw is None:
+            return default
+        try:
+            return convert(raw)
+        except (TypeError, ValueError):
+            raise invalid(name, raw, allowed) from None
+
+    def boolean(self, name: str, default: bool) -> bool:
+        allowed = "True or False"
+        try:
+            return self.settings.getbool(name, default)
+        except ValueError:
+            raise invalid(name, self.settings.get(name), allowed) from None
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        allowed = f"a whole number >= {minimum}"
+
+        def convert(raw: Any) -> int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(raw)
+
+        value = self._convert(name, default, convert, allowed)
+        if value < minimum:
+            raise invalid(name, value, allowed)
+        return value
+
+    def seconds(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+        allowed = "a number of seconds >= 0" if allow_zero else "a number of seconds > 0"
+
+        def convert(raw: Any) -> float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+
+        value = self._convert(name, default, convert, allowed)
+        if value < 0 or (value == 0 and not allow_zero) or value != value:
+            raise invalid(name, value, allowed)
+        return value
+
+    def optional(self, name: str, check: Callable[[str, Any], T]) -> T | None:
+        raw = self.settings.get(name)
+        if raw is None or raw == "":
+            return None
+        return check(name, raw)
+
+    def patterns(self, name: str) -> tuple[re.Pattern[str], ...]:
+        raw = self.settings.getlist(name)
+        compiled = []
+        for item in raw:
+            try:
+                compiled.append(item if isinstance(item, re.Pattern) else re.compile(item))
+            except (TypeError, re.error):
+                raise invalid(name, item, "a list of regular expressions") from None
+        return tuple(compiled)
+
+
+def _api_key(settings: BaseSettings) -> ApiKey | None:
+    raw = settings.get("CAPSOLVER_API_KEY") or os.environ.get("CAPSOLVER_API_KEY")
+    if not raw:
+        return None
+    if isinstance(raw, ApiKey):
+        return raw
+    if not isinstance(raw, str):
+        # The value itself may be a key in the wrong shape: say its type, never the value.
+        raise ValueError(f"CAPSOLVER_API_KEY must be a string, not {type(raw).__name__}")
+    return ApiKey(raw.strip())
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Every ``CAPSOLVER_*`` setting, validated. See the README for what each one means."""
+
+    api_key: ApiKey | None
+    api_url: str
+    module: str | None
+    score: float | None
+    app_id: str | None
+    timeout: float
+    max_retries: int
+    concurrency: int
+    max_image_size: int
+    close_on_fatal: bool
+    max_tasks: int
+    allow_http: bool
+    backoff_base: float
+    backoff_max: float
+    block_pause: float
+    block_window: float
+    check_balance: bool
+    logstats_interval: float
+    cache_size: int
+    url_patterns: tuple[re.Pattern[str], ...]
+    report_wrong: bool
+    max_attempts: int
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> SolverSettings:
+        read = _Reader(settings)
+        if not read.boolean("CAPSOLVER_ENABLED", True):
+            raise NotConfigured("CAPSOLVER_ENABLED is False")
+        api_url = check_url("CAPSOLVER_API_URL", settings.get("CAPSOLVER_API_URL", DEFAULT_API_URL))
+        allow_http = read.boolean("CAPSOLVER_ALLOW_HTTP", False)
+        if api_url.startswith("http://") and not allow_http and not is_loopback(api_url):
+            # The key travels in the request body: plain HTTP would show it to the network.
+            raise invalid(
+                "CAPSOLVER_API_URL",
+                api_url,
+                "an https:// URL (http:// only to a loopback address, or set "
+                "CAPSOLVER_ALLOW_HTTP = True to send the key unencrypted)",
+            )
+        return cls(
+            api_key=_api_key(settings),
+            api_url=api_url.rstrip("/"),
+            module=read.optional("CAPSOLVER_MODULE", check_text),
+            score=read.optional("CAPSOLVER_SCORE", check_score),
+            app_id=read.optional("CAPSOLVER_APP_ID", check_text),
+            timeout=read.seconds("CAPSOLVER_TIMEOUT", 30.0),
+            max_retries=read.integer("CAPSOLVER_MAX_RETRIES", 3, minimum=0),
+            concurrency=read.integer("CAPSOLVER_CONCURRENCY", 16, minimum=1),
+            max_image_size=read.integer("CAPSOLVER_MAX_IMAGE_SIZE", 1_048_576, minimum=1),
+            close_on_fatal=read.boolean("CAPSOLVER_CLOSE_ON_FATAL", True),
+            max_tasks=read.integer("CAPSOLVER_MAX_TASKS", 0, minimum=0),
+            allow_http=allow_http,
+            backoff_base=read.seconds("CAPSOLVER_BACKOFF_BASE", 1.0),
+            backoff_max=read.seconds("CAPSOLVER_BACKOFF_MAX", 30.0),
+            block_pause=read.seconds("CAPSOLVER_BLOCK_PAUSE", 300.0),
+            block_window=read.seconds("CAPSOLVER_BLOCK_WINDOW", 3600.0, allow_zero=True),
+            check_balance=read.boolean("CAPSOLVER_CHECK_BALANCE", True),
+            logstats_interval=read.seconds("CAPSOLVER_LOGSTATS_INTERVAL", 60.0, allow_zero=True),
+            cache_size=read.integer("CAPSOLVER_CACHE_SIZE", 1024, minimum=0),
+            url_patterns=read.patterns("CAPSOLVER_URL_PATTERNS"),
+            report_wrong=read.boolean("CAPSOLVER_REPORT_WRONG", True),
+            max_attempts=read.integer("CAPSOLVER_MAX_ATTEMPTS", 3, minimum=1),
+        )
