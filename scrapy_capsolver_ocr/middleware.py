@@ -17,7 +17,6 @@ from .solver import CaptchaSolver
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
-    from twisted.internet.defer import Deferred
 
 logger = logging.getLogger(__name__)
 
@@ -78,18 +77,17 @@ class CaptchaSolverMiddleware:
         request.meta["captcha_text"] = solution.text
         return response
 
-    def _spider_opened(self, spider: Spider) -> Deferred[None] | None:
+    def _spider_opened(self, spider: Spider) -> None:
         self._progress.start()
         if self.config.api_key is None:
             logger.info(
                 "No CapSolver API key (CAPSOLVER_API_KEY): requests that ask for a solve will fail."
             )
-            return None
+            return
         if self.config.check_balance:
             self.solver.hold_until_balance_checked()
-            # Not returned: ordinary pages start crawling at once; only solves wait for it.
+            # Not awaited: ordinary pages start crawling at once; only solves wait for it.
             deferred_from_coro(self._log_start_balance())
-        return None
 
     async def _log_start_balance(self) -> None:
         balance = await self.solver.record_balance(at_start=True)
@@ -98,12 +96,9 @@ class CaptchaSolverMiddleware:
                 "CapSolver balance at start: %.4f USD (key %r)", balance, self.config.api_key
             )
 
-    def _spider_closed(self, spider: Spider, reason: str) -> Deferred[None]:
+    async def _spider_closed(self, spider: Spider, reason: str) -> None:
         self._closing = True
         self._progress.stop()
-        return deferred_from_coro(self._finish())
-
-    async def _finish(self) -> None:
         assert self.crawler.stats is not None
         start = self.crawler.stats.get_value("capsolver/balance_start")
         if start is not None:

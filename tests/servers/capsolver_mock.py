@@ -1,0 +1,259 @@
+"""A CapSolver-compatible API mock with fault injection, for tests and benchmarks.
+
+Run ``python capsolver_mock.py [--key KEY]``: it binds 127.0.0.1 on a free port and prints
+its URL as the first line of stdout.
+
+It answers ``/createTask`` (``ImageToTextTask``), ``/getBalance`` and ``/feedbackTask``
+like CapSolver. The answer to an image is the text of its PNG ``captcha-answer`` tEXt
+chunk when there is one (the test sites embed it), else a text derived from its SHA-256.
+
+Control endpoints, for the tests:
+- ``POST /_config`` JSON ``{"latency": s, "balance": usd, "key": str, "faults": [rule...]}``
+  where a rule is ``{"fault": kind, "method": "createTask", "every": n, "count": n,
+  "code": "ERROR_...", "status": n, "seconds": s}``: the fault applies to call number
+  ``i`` of that method (1-based) when ``i % every == 0``, at most ``count`` times.
+  Kinds: error, http, not_json, no_error_id, no_solution, empty_text, wrong_text, huge,
+  reset, drop_mid, latency.
+- ``GET /_calls``: every API call received, ``[{"method", "body", "at"}]``.
+- ``GET /_stats``: ``{"max_in_flight": n}``, the most API calls answered at once.
+- ``POST /_reset``: forget calls and configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import struct
+import time
+import uuid
+from typing import Any
+
+from twisted.internet import reactor, task
+from twisted.web import resource, server
+
+API_METHODS = ("createTask", "getBalance", "feedbackTask")
+HUGE_BODY_SIZE = 30 * 1024 * 1024
+
+
+def png_text_chunks(data: bytes) -> dict[str, str]:
+    """The tEXt chunks of a PNG (keyword -> text)."""
+    chunks: dict[str, str] = {}
+    offset = 8
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        content = data[offset + 8 : offset + 8 + length]
+        if kind == b"tEXt" and b"\x00" in content:
+            keyword, _, text = content.partition(b"\x00")
+            chunks[keyword.decode("latin-1")] = text.decode("latin-1")
+        if kind == b"IEND":
+            break
+        offset += 12 + length
+    return chunks
+
+
+def answer_for(image: bytes) -> str:
+    if image.startswith(b"\x89PNG"):
+        embedded = png_text_chunks(image).get("captcha-answer")
+        if embedded:
+            return embedded
+    return "t" + hashlib.sha256(image).hexdigest()[:7]
+
+
+class MockState:
+    def __init__(self, key: str | None, latency: float) -> None:
+        self.default_key = key
+        self.default_latency = latency
+        self.in_flight = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.key = self.default_key
+        self.latency = self.default_latency
+        self.balance = 10.0
+        self.price = 0.0004
+        self.faults: list[dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []
+        self.counts: dict[str, int] = {}
+        self.applied: dict[int, int] = {}
+        self.task_ids: set[str] = set()
+        self.max_in_flight = 0
+
+    def fault_for(self, method: str) -> dict[str, Any] | None:
+        number = self.counts[method]
+        for index, rule in enumerate(self.faults):
+            if rule.get("method", "createTask") != method:
+                continue
+            if number % int(rule.get("every", 1)) != 0:
+                continue
+            if "count" in rule and self.applied.get(index, 0) >= int(rule["count"]):
+                continue
+            self.applied[index] = self.applied.get(index, 0) + 1
+            return rule
+        return None
+
+
+def error(code: str, description: str = "", status: int = 400) -> tuple[int, dict[str, Any]]:
+    return status, {"errorId": 1, "errorCode": code, "errorDescription": description or code}
+
+
+class Api(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, state: MockState) -> None:
+        super().__init__()
+        self.state = state
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        if request.path == b"/_calls":
+            return json.dumps(self.state.calls).encode()
+        if request.path == b"/_stats":
+            return json.dumps({"max_in_flight": self.state.max_in_flight}).encode()
+        request.setResponseCode(404)
+        return b"not found"
+
+    def render_POST(self, request: Any) -> Any:
+        path = request.path.decode().strip("/")
+        raw = request.content.read()
+        if path == "_reset":
+            self.state.reset()
+            return b"{}"
+        if path == "_config":
+            config = json.loads(raw)
+            for name in ("latency", "balance", "key", "faults", "price"):
+                if name in config:
+                    setattr(self.state, name, config[name])
+            return b"{}"
+        if path not in API_METHODS:
+            request.setResponseCode(404)
+            return b"<html>not found</html>"
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.state.counts[path] = self.state.counts.get(path, 0) + 1
+        self.state.calls.append({"method": path, "body": body, "at": time.time()})
+        self.state.in_flight += 1
+        self.state.max_in_flight = max(self.state.max_in_flight, self.state.in_flight)
+        request.notifyFinish().addBoth(self.finished)
+        rule = self.state.fault_for(path)
+        delay = self.state.latency
+        if rule is not None and rule["fault"] == "latency":
+            delay += float(rule["seconds"])
+            rule = None
+        if delay > 0:
+            later = task.deferLater(reactor, delay, self.respond, request, path, body, rule)
+            request.notifyFinish().addErrback(lambda _: later.cancel())
+            later.addErrback(lambda _: None)
+            return server.NOT_DONE_YET
+        self.respond(request, path, body, rule)
+        return server.NOT_DONE_YET
+
+    def finished(self, _: Any) -> None:
+        self.state.in_flight -= 1
+
+    def respond(self, request: Any, path: str, body: Any, rule: dict[str, Any] | None) -> None:
+        if rule is not None and self.inject(request, rule):
+            return
+        status, answer = self.answer(path, body, rule)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.write(json.dumps(answer).encode())
+        request.finish()
+
+    def inject(self, request: Any, rule: dict[str, Any]) -> bool:
+        """Apply a transport-level fault; False when the fault shapes the JSON instead."""
+        kind = rule["fault"]
+        if kind == "reset":
+            request.transport.abortConnection()
+        elif kind == "drop_mid":
+            request.setHeader(b"content-length", b"1000")
+            request.write(b'{"errorId": 0, "solu')
+            request.transport.abortConnection()
+        elif kind == "http":
+            request.setResponseCode(int(rule["status"]))
+            request.setHeader(b"content-type", b"text/html")
+            request.write(b"<html><body>upstream trouble</body></html>")
+            request.finish()
+        elif kind == "not_json":
+            request.setHeader(b"content-type", b"text/html")
+            request.write(b"<html><body>maintenance</body></html>")
+            request.finish()
+        elif kind == "huge":
+            request.setHeader(b"content-type", b"application/json")
+            request.write(b'{"errorId": 0, "pad": "' + b"x" * HUGE_BODY_SIZE + b'"}')
+            request.finish()
+        else:
+            return False
+        return True
+
+    def answer(self, path: str, body: Any, rule: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+        if not isinstance(body, dict):
+            return error("ERROR_INVALID_TASK_DATA", "body is not a JSON object")
+        if self.state.key is not None and body.get("clientKey") != self.state.key:
+            return error("ERROR_KEY_DENIED_ACCESS", "key denied", status=401)
+        if rule is not None and rule["fault"] == "error":
+            code = rule["code"]
+            return error(code, status=int(rule.get("status", 401 if "KEY" in code else 400)))
+        if path == "getBalance":
+            return 200, {"errorId": 0, "balance": self.state.balance, "packages": []}
+        if path == "feedbackTask":
+            if body.get("taskId") not in self.state.task_ids:
+                return error("ERROR_TASKID_INVALID", "unknown taskId")
+            return 200, {"errorId": 0, "errorCode": "", "errorDescription": "", "message": "ok"}
+        return self.create_task(body, rule)
+
+    def create_task(self, body: dict[str, Any], rule: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+        task_data = body.get("task")
+        if not isinstance(task_data, dict) or task_data.get("type") != "ImageToTextTask":
+            return error("ERROR_TASK_NOT_SUPPORTED", "only ImageToTextTask")
+        try:
+            image = base64.b64decode(task_data.get("body") or "", validate=True)
+        except (ValueError, TypeError):
+            return error("ERROR_INVALID_TASK_DATA", "body is not base64")
+        if not image:
+            return error("ERROR_INVALID_TASK_DATA", "missing body data")
+        task_id = str(uuid.uuid4())
+        self.state.task_ids.add(task_id)
+        self.state.balance = round(self.state.balance - self.state.price, 6)
+        kind = rule["fault"] if rule else None
+        if kind == "no_error_id":
+            return 200, {"status": "ready", "solution": {"text": answer_for(image)}}
+        if kind == "no_solution":
+            return 200, {"errorId": 0, "status": "ready", "taskId": task_id}
+        text = answer_for(image)
+        if kind == "empty_text":
+            text = ""
+        elif kind == "wrong_text":
+            text = "wrong" + text[::-1]
+        return 200, {
+            "errorId": 0,
+            "errorCode": "",
+            "errorDescription": "",
+            "status": "ready",
+            "solution": {"text": text},
+            "taskId": task_id,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--key", default=None, help="the only clientKey accepted")
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    state = MockState(args.key, args.latency)
+    site = server.Site(Api(state))
+    site.displayTracebacks = False
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    print(f"http://127.0.0.1:{port.getHost().port}", flush=True)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    # Logging every request would slow the benchmarks down for nothing.
+    server.Site.log = lambda self, request: None  # type: ignore[method-assign]
+    main()
