@@ -12,7 +12,8 @@ from typing import Any
 
 import treq
 from scrapy.utils.defer import maybe_deferred_to_future
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from .errors import (
@@ -144,7 +145,7 @@ class CapSolverApi:
             status, raw = await maybe_deferred_to_future(deferred)
         except CaptchaApiError:
             raise
-        except (TimeoutError, CancelledError):
+        except TimeoutError:
             raise CaptchaTimeoutError(
                 f"CapSolver {method} took longer than CAPSOLVER_TIMEOUT ({self.timeout:g} s).",
                 "TIMEOUT",
@@ -188,8 +189,24 @@ class CapSolverApi:
             allow_redirects=False,
         )
         request.addCallback(read)
-        request.addTimeout(self.timeout, self._reactor)
-        return request
+        timed_out = False
+
+        def time_out() -> None:
+            nonlocal timed_out
+            timed_out = True
+            request.cancel()
+
+        timer = self._reactor.callLater(self.timeout, time_out)
+
+        def settle(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            # treq wraps the cancellation in ResponseNeverReceived: say what happened.
+            if timed_out and isinstance(result, Failure):
+                raise TimeoutError()
+            return result
+
+        return request.addBoth(settle)
 
     @staticmethod
     def _parse(method: str, status: int, raw: bytes) -> dict[str, Any]:

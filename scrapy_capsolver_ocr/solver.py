@@ -194,14 +194,14 @@ class CaptchaSolver:
     async def _create_task(self, payload: dict[str, Any], digest: str) -> CaptchaSolution:
         retries = 0
         while True:
-            await self._wait_until_allowed()
-            sent_at = self._reactor.seconds()
             try:
                 answer = await self._send_task(payload)
                 return self._solution_from(answer, digest)
             except CaptchaBlockedError as exc:
+                if self._fatal is not None:  # a second block: solving has stopped for good
+                    raise
+                # A pause has begun: the next round waits for its end, then sends again.
                 self._count_call_error(exc)
-                self._on_blocked(exc, sent_at)
             except CaptchaAccountError as exc:
                 self._count_call_error(exc)
                 self._fail_crawl(exc)
@@ -222,10 +222,24 @@ class CaptchaSolver:
                 )
                 await self._sleep(delay)
 
+    async def _acquire_slot(self) -> None:
+        """Take a concurrency slot at a moment when sending is allowed: a pause or the end
+        of solving may have begun while this request waited for the slot."""
+        while True:
+            await self._wait_until_allowed()
+            await maybe_deferred_to_future(self._slots.acquire())
+            if (
+                self._fatal is None
+                and not self._closing
+                and self._balance_gate is None
+                and self._paused_until <= self._reactor.seconds()
+            ):
+                return
+            self._slots.release()
+
     async def _send_task(self, payload: dict[str, Any]) -> dict[str, Any]:
-        await maybe_deferred_to_future(self._slots.acquire())
+        await self._acquire_slot()
         try:
-            self._raise_if_stopped()
             if self.config.max_tasks and self.tasks_sent >= self.config.max_tasks:
                 self._fail_crawl(
                     CaptchaBudgetError(
@@ -237,7 +251,12 @@ class CaptchaSolver:
                 self._raise_if_stopped()
             self.tasks_sent += 1
             self._stats.inc_value("capsolver/task_count")
-            return await self.api.call("createTask", payload)
+            sent_at = self._reactor.seconds()
+            try:
+                return await self.api.call("createTask", payload)
+            except CaptchaBlockedError as exc:
+                self._on_blocked(exc, sent_at)
+                raise
         finally:
             self._slots.release()
 
@@ -405,7 +424,7 @@ class CaptchaSolver:
         self._paused_until = now + self.config.block_pause
         self._stats.inc_value("capsolver/paused")
         logger.warning(
-            "%s All solving pauses for %.0f s; a second block within %.0f s closes the crawl.",
+            "%s All solving pauses for %g s; a second block within %g s closes the crawl.",
             exc,
             self.config.block_pause,
             self.config.block_window,
