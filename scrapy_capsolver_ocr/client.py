@@ -123,7 +123,7 @@ class CapSolverApi:
         self.api_url = api_url
         self.api_key = api_key
         self.timeout = timeout
-        self._reactor = reactor
+        self._reactor: Any = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = max_connections
         agent: Any = Agent(reactor, pool=self._pool)

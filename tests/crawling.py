@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import scrapy
+from conftest import API_KEY, CapSolverMock
 from scrapy.crawler import Crawler, CrawlerRunner
 from scrapy.http import Response
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 from twisted.python.failure import Failure
-
-from conftest import API_KEY, CapSolverMock
 
 
 def solver_settings(capsolver: CapSolverMock | None, **overrides: Any) -> dict[str, Any]:
@@ -85,7 +84,9 @@ class RecordingSpider(scrapy.Spider):
         self.errors[url] = failure.value
 
 
-async def crawl(spider_cls: type[scrapy.Spider], settings: dict[str, Any], **kwargs: Any) -> Crawler:
+async def crawl(
+    spider_cls: type[scrapy.Spider], settings: dict[str, Any], **kwargs: Any
+) -> Crawler:
     crawler = CrawlerRunner(settings).create_crawler(spider_cls)
     await crawler.crawl(**kwargs)
     return crawler

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+import scrapy
+from conftest import CapSolverMock
 from crawling import RecordingSpider, crawl, solver_settings, stat
 
-from conftest import CapSolverMock
 from scrapy_capsolver_ocr import (
     CaptchaAccountError,
     CaptchaBudgetError,
@@ -109,7 +110,7 @@ async def test_task_error_fails_that_image_only(
 
         async def failed(self, failure: Any) -> Any:  # type: ignore[override]
             super().failed(failure)
-            yield self.crawler.engine and __import__("scrapy").Request(
+            yield scrapy.Request(
                 good, meta={"solve_image": True}, callback=self.parse, errback=self.failed
             )
 
@@ -158,7 +159,9 @@ async def test_connection_refused_is_retried_then_fails(image_site: str) -> None
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     settings = solver_settings(
-        None, CAPSOLVER_API_URL=f"http://127.0.0.1:{closed_port}", CAPSOLVER_MAX_RETRIES=2,
+        None,
+        CAPSOLVER_API_URL=f"http://127.0.0.1:{closed_port}",
+        CAPSOLVER_MAX_RETRIES=2,
         CAPSOLVER_CHECK_BALANCE=False,
     )
     url = f"{image_site}/captcha/refused.png"

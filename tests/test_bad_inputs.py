@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from conftest import CapSolverMock
 from crawling import RecordingSpider, crawl, solver_settings, stat
 
-from conftest import CapSolverMock
 from scrapy_capsolver_ocr import CaptchaImageError, CaptchaOptionsError
 from scrapy_capsolver_ocr.images import check_image, image_type
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 import scrapy
+from conftest import API_KEY, CapSolverMock
 from crawling import RecordingSpider, crawl, solver_settings, stat
 from scrapy.http import Response
 
-from conftest import API_KEY, CapSolverMock
 from scrapy_capsolver_ocr import CaptchaSolution, get_solver
 
 
@@ -67,12 +67,21 @@ async def test_settings_and_request_options_fill_the_optional_fields(
 
     class Spider(RecordingSpider):
         async def start(self) -> Any:
-            yield scrapy.Request(plain, headers={"Referer": "https://example.com/login"},
-                                 meta={"solve_image": True}, callback=self.parse)
+            yield scrapy.Request(
+                plain,
+                headers={"Referer": "https://example.com/login"},
+                meta={"solve_image": True},
+                callback=self.parse,
+            )
             yield scrapy.Request(
                 custom,
-                meta={"solve_image": {"module": "number", "score": 0.85,
-                                      "website_url": "https://example.com/form"}},
+                meta={
+                    "solve_image": {
+                        "module": "number",
+                        "score": 0.85,
+                        "website_url": "https://example.com/form",
+                    }
+                },
                 callback=self.parse,
             )
 
@@ -83,11 +92,15 @@ async def test_settings_and_request_options_fill_the_optional_fields(
     second = by_text[base64.b64encode(fetch(custom)).decode()]
     assert first["appId"] == "app-1"
     assert {k: v for k, v in first["task"].items() if k != "body"} == {
-        "type": "ImageToTextTask", "module": "common", "score": 0.9,
+        "type": "ImageToTextTask",
+        "module": "common",
+        "score": 0.9,
         "websiteURL": "https://example.com/login",
     }
     assert {k: v for k, v in second["task"].items() if k != "body"} == {
-        "type": "ImageToTextTask", "module": "number", "score": 0.85,
+        "type": "ImageToTextTask",
+        "module": "number",
+        "score": 0.85,
         "websiteURL": "https://example.com/form",
     }
 
@@ -106,7 +119,9 @@ async def test_every_raster_format_is_solved(
 
 
 @pytest_twisted.ensureDeferred
-async def test_requests_that_do_not_ask_are_untouched(capsolver: CapSolverMock, image_site: str) -> None:
+async def test_requests_that_do_not_ask_are_untouched(
+    capsolver: CapSolverMock, image_site: str
+) -> None:
     urls = [f"{image_site}/page/1", f"{image_site}/captcha/nope.png"]
     crawler = await crawl(RecordingSpider, solver_settings(capsolver), urls=urls, meta={})
     spider: Any = crawler.spider
@@ -116,7 +131,9 @@ async def test_requests_that_do_not_ask_are_untouched(capsolver: CapSolverMock, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrency_bounds_the_calls_in_flight(capsolver: CapSolverMock, image_site: str) -> None:
+async def test_concurrency_bounds_the_calls_in_flight(
+    capsolver: CapSolverMock, image_site: str
+) -> None:
     capsolver.configure(latency=0.3)
     urls = [f"{image_site}/captcha/c{i}.png" for i in range(8)]
     crawler = await crawl(
@@ -140,12 +157,14 @@ async def test_same_image_is_paid_once_cached_or_in_flight(
     async def then_late(spider: RecordingSpider, response: Response) -> None:
         if response.url == urls[0]:
             spider.crawler.engine.crawl(
-                scrapy.Request(late, meta={"solve_image": True}, callback=spider.parse,
-                               errback=spider.failed)
+                scrapy.Request(
+                    late, meta={"solve_image": True}, callback=spider.parse, errback=spider.failed
+                )
             )
 
-    crawler = await crawl(RecordingSpider, solver_settings(capsolver), urls=urls,
-                          on_response=then_late)
+    crawler = await crawl(
+        RecordingSpider, solver_settings(capsolver), urls=urls, on_response=then_late
+    )
     spider: Any = crawler.spider
     assert set(spider.texts.values()) == {"same"}
     assert len(spider.texts) == 4
@@ -171,14 +190,17 @@ async def test_cache_size_zero_pays_every_time(capsolver: CapSolverMock, image_s
 
 
 @pytest_twisted.ensureDeferred
-async def test_spider_solves_bytes_it_obtained_itself(capsolver: CapSolverMock, image_site: str) -> None:
+async def test_spider_solves_bytes_it_obtained_itself(
+    capsolver: CapSolverMock, image_site: str
+) -> None:
     url = f"{image_site}/captcha/self.png"
 
     async def solve_myself(spider: RecordingSpider, response: Response) -> None:
         solution = await get_solver(spider.crawler).solve(response.body, module="common")
         spider.texts["own"] = solution.text
 
-    crawler = await crawl(RecordingSpider, solver_settings(capsolver), urls=[url], meta={},
-                          on_response=solve_myself)
+    crawler = await crawl(
+        RecordingSpider, solver_settings(capsolver), urls=[url], meta={}, on_response=solve_myself
+    )
     assert crawler.spider.texts == {"own": "self"}  # type: ignore[union-attr]
     assert capsolver.calls()[0]["body"]["task"]["module"] == "common"

@@ -190,7 +190,9 @@ class Api(resource.Resource):
             return False
         return True
 
-    def answer(self, path: str, body: Any, rule: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    def answer(
+        self, path: str, body: Any, rule: dict[str, Any] | None
+    ) -> tuple[int, dict[str, Any]]:
         if not isinstance(body, dict):
             return error("ERROR_INVALID_TASK_DATA", "body is not a JSON object")
         if self.state.key is not None and body.get("clientKey") != self.state.key:
@@ -206,7 +208,9 @@ class Api(resource.Resource):
             return 200, {"errorId": 0, "errorCode": "", "errorDescription": "", "message": "ok"}
         return self.create_task(body, rule)
 
-    def create_task(self, body: dict[str, Any], rule: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    def create_task(
+        self, body: dict[str, Any], rule: dict[str, Any] | None
+    ) -> tuple[int, dict[str, Any]]:
         task_data = body.get("task")
         if not isinstance(task_data, dict) or task_data.get("type") != "ImageToTextTask":
             return error("ERROR_TASK_NOT_SUPPORTED", "only ImageToTextTask")

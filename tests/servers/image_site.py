@@ -47,7 +47,10 @@ def bad_body(name: str) -> tuple[bytes, bytes]:
         "empty": (b"", b"image/png"),
         "html": (b"<!DOCTYPE html><html><body>Access denied</body></html>", b"image/png"),
         "truncated": (png[: len(png) // 2], b"image/png"),
-        "svg": (b'<svg xmlns="http://www.w3.org/2000/svg"><text>ab12</text></svg>', b"image/svg+xml"),
+        "svg": (
+            b'<svg xmlns="http://www.w3.org/2000/svg"><text>ab12</text></svg>',
+            b"image/svg+xml",
+        ),
         "big": (png[:-12] + b"\x00" * 2_000_000 + png[-12:], b"image/png"),
         "json": (b'{"error": "rate limited"}', b"application/json"),
     }
