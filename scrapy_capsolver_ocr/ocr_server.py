@@ -99,9 +99,9 @@ class DdddOcrEngine:
             raise OcrUnavailableError(
                 f"The local OCR server needs ddddocr, an optional dependency: {OCR_INSTALL_HINT}"
             ) from exc
-        # One instance serves every worker: onnxruntime sessions are thread-safe, and the only
-        # per-call state ddddocr keeps is its character range, which set_ranges() would narrow
-        # for every thread at once. Hence no set_ranges() here.
+        # One instance serves every worker thread: onnxruntime sessions are thread-safe, and
+        # the character filter ddddocr rebuilds on every call stays the full set as long as
+        # set_ranges() is never called. A narrowed filter would race between threads.
         self._ocr = ddddocr.DdddOcr(show_ad=False)
 
     def recognize(self, image: bytes, module: str) -> str:
