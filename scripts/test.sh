@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: sets up the environments it needs, then runs
+# lint, types and the tests on the newest Scrapy (asyncio and epoll reactors) and on the
+# oldest supported Scrapy (2.13), with a real Chromium for the scrapy-playwright tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+OLDEST_SCRAPY="scrapy==2.13.*"
+
+setup_env() {  # setup_env DIR PIP_ARGS...: a virtualenv with the project and its test extras
+    local dir=$1
+    shift
+    [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check "$@"
+}
+
+find_chromium() {  # prints a Chromium executable, installing one when there is none
+    local candidate
+    for candidate in "${CHROMIUM_PATH:-}" /usr/lib/chromium/chromium /usr/bin/chromium; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ]; then
+            echo "$candidate"
+            return
+        fi
+    done
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "Installing Debian's chromium for the browser tests..." >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+        echo /usr/lib/chromium/chromium
+        return
+    fi
+    echo "Installing Playwright's own Chromium for the browser tests..." >&2
+    .venv/bin/python -m playwright install chromium >&2
+    .venv/bin/python -c "from playwright.sync_api import sync_playwright
+with sync_playwright() as p: print(p.chromium.executable_path)"
+}
+
+echo "== environments"
+setup_env .venv -e ".[test,playwright,ocr]"
+setup_env .venv-scrapy213 "$OLDEST_SCRAPY" -e ".[test,playwright,ocr]"
+CHROMIUM_PATH=$(find_chromium)
+export CHROMIUM_PATH
+echo "Chromium: $CHROMIUM_PATH"
+
+echo "== lint and types"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+
+echo "== tests: newest Scrapy, asyncio reactor"
+.venv/bin/python -m pytest "$@"
+
+echo "== tests: newest Scrapy, epoll reactor (browser tests need asyncio)"
+.venv/bin/python -m pytest --reactor=default -m "not playwright" "$@"
+
+echo "== tests: Scrapy 2.13, asyncio reactor"
+.venv-scrapy213/bin/python -m pytest "$@"
