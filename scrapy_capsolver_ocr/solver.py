@@ -204,7 +204,6 @@ class CaptchaSolver:
                 self._count_call_error(exc)
             except CaptchaAccountError as exc:
                 self._count_call_error(exc)
-                self._fail_crawl(exc)
                 raise
             except CaptchaApiError as exc:
                 self._count_call_error(exc)
@@ -254,8 +253,12 @@ class CaptchaSolver:
             sent_at = self._reactor.seconds()
             try:
                 return await self.api.call("createTask", payload)
+            # Acted on before the slot is released: the next waiter must see the new state.
             except CaptchaBlockedError as exc:
                 self._on_blocked(exc, sent_at)
+                raise
+            except CaptchaAccountError as exc:
+                self._fail_crawl(exc)
                 raise
         finally:
             self._slots.release()
