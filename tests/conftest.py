@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from servers.process import running_server
 
 SERVERS = Path(__file__).parent / "servers"
 API_KEY = "CAP-0123456789abcdef0123456789SECRET"
-
-
-class ServerProcess:
-    """A server started as ``python SCRIPT ARGS`` that prints its URL as its first line."""
-
-    def __init__(self, script: Path, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip()
-        if not self.url.startswith("http://127.0.0.1:"):
-            self.stop()
-            raise RuntimeError(f"{script.name} did not start (printed {self.url!r})")
-
-    def stop(self) -> None:
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 class CapSolverMock:
@@ -71,21 +46,19 @@ class CapSolverMock:
 
 
 @pytest.fixture(scope="session")
-def capsolver_process() -> Iterator[ServerProcess]:
-    server = ServerProcess(SERVERS / "capsolver_mock.py", "--key", API_KEY)
-    yield server
-    server.stop()
+def capsolver_url() -> Iterator[str]:
+    with running_server([str(SERVERS / "capsolver_mock.py"), "--key", API_KEY]) as url:
+        yield url
 
 
 @pytest.fixture
-def capsolver(capsolver_process: ServerProcess) -> CapSolverMock:
-    mock = CapSolverMock(capsolver_process.url)
+def capsolver(capsolver_url: str) -> CapSolverMock:
+    mock = CapSolverMock(capsolver_url)
     mock.reset()
     return mock
 
 
 @pytest.fixture(scope="session")
 def image_site() -> Iterator[str]:
-    server = ServerProcess(SERVERS / "image_site.py")
-    yield server.url
-    server.stop()
+    with running_server([str(SERVERS / "image_site.py")]) as url:
+        yield url
