@@ -25,11 +25,11 @@ import argparse
 import base64
 import hashlib
 import json
-import struct
 import time
 import uuid
 from typing import Any
 
+from png_text import embedded_answer
 from twisted.internet import reactor, task
 from twisted.web import resource, server
 
@@ -37,28 +37,10 @@ API_METHODS = ("createTask", "getBalance", "feedbackTask")
 HUGE_BODY_SIZE = 30 * 1024 * 1024
 
 
-def png_text_chunks(data: bytes) -> dict[str, str]:
-    """The tEXt chunks of a PNG (keyword -> text)."""
-    chunks: dict[str, str] = {}
-    offset = 8
-    while offset + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[offset : offset + 4])
-        kind = data[offset + 4 : offset + 8]
-        content = data[offset + 8 : offset + 8 + length]
-        if kind == b"tEXt" and b"\x00" in content:
-            keyword, _, text = content.partition(b"\x00")
-            chunks[keyword.decode("latin-1")] = text.decode("latin-1")
-        if kind == b"IEND":
-            break
-        offset += 12 + length
-    return chunks
-
-
 def answer_for(image: bytes) -> str:
-    if image.startswith(b"\x89PNG"):
-        embedded = png_text_chunks(image).get("captcha-answer")
-        if embedded:
-            return embedded
+    embedded = embedded_answer(image)
+    if embedded:
+        return embedded
     return "t" + hashlib.sha256(image).hexdigest()[:7]
 
 
