@@ -1,6 +1,7 @@
 """The ``scrapy-capsolver-ocr`` command, also run as ``python -m scrapy_capsolver_ocr``.
 
-``serve`` runs the local CapSolver-compatible OCR server (:mod:`scrapy_capsolver_ocr.ocr_server`).
+``serve`` runs the local CapSolver-compatible OCR server (:mod:`scrapy_capsolver_ocr.ocr_server`);
+``solve`` and ``balance`` make one API call each (:mod:`scrapy_capsolver_ocr.api_commands`).
 """
 
 from __future__ import annotations
@@ -9,14 +10,23 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
-from scrapy_capsolver_ocr import ocr_server
+from scrapy_capsolver_ocr import api_commands, ocr_server
+from scrapy_capsolver_ocr.settings import (
+    DEFAULT_API_URL,
+    SolverSettings,
+    check_score,
+    check_text,
+)
 
 #: Read by ``serve`` when ``--require-key`` is not given: a key on the command line would show
 #: in the process list.
 REQUIRE_KEY_ENV = "CAPSOLVER_OCR_REQUIRE_KEY"
+#: The API key of ``solve`` and ``balance``, and (optionally) their API URL.
+API_KEY_ENV = "CAPSOLVER_API_KEY"
+API_URL_ENV = "CAPSOLVER_API_URL"
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -35,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_serve(commands)
+    _add_solve(commands)
+    _add_balance(commands)
     return parser
 
 
@@ -74,6 +86,96 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.set_defaults(run=_serve)
 
 
+def _add_solve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    solve = commands.add_parser(
+        "solve",
+        help="solve one captcha image and print its text",
+        description=(
+            "Send IMAGE to CapSolver's createTask (ImageToTextTask), or to any compatible "
+            f"server, and print the text. The key comes from ${API_KEY_ENV}."
+        ),
+    )
+    solve.add_argument(
+        "image", metavar="IMAGE", help="a PNG, JPEG, GIF, BMP or WEBP file; - reads stdin"
+    )
+    solve.add_argument(
+        "--module", type=_text("--module"), help="CapSolver module: common, number, ..."
+    )
+    solve.add_argument("--score", type=_score, help="0.8 .. 1.0")
+    solve.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=1,
+        help="retries when the API is busy or unreachable (default: %(default)s)",
+    )
+    _add_api_options(solve)
+    solve.set_defaults(run=_solve)
+
+
+def _add_balance(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    balance = commands.add_parser(
+        "balance",
+        help="print the account balance in USD",
+        description=f"Print the balance from getBalance. The key comes from ${API_KEY_ENV}.",
+    )
+    _add_api_options(balance)
+    balance.set_defaults(run=_balance)
+
+
+def _add_api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-url",
+        default=os.environ.get(API_URL_ENV) or DEFAULT_API_URL,
+        help=(
+            f"CapSolver or a compatible server such as `scrapy-capsolver-ocr serve` "
+            f"(default: ${API_URL_ENV}, else {DEFAULT_API_URL})"
+        ),
+    )
+    parser.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="seconds per call (default: %(default)g)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log each call and retry on stderr"
+    )
+
+
+def _solve(args: argparse.Namespace) -> int:
+    try:
+        if args.image == "-":
+            image, source = sys.stdin.buffer.read(), "stdin"
+        else:
+            with open(args.image, "rb") as file:
+                image, source = file.read(), args.image
+        config = _api_config(args)
+    except (OSError, api_commands.CommandError) as exc:
+        return _fail("solve", exc)
+    command = api_commands.solve_command(image, source, args.module, args.score)
+    return api_commands.run("solve", config, command)
+
+
+def _balance(args: argparse.Namespace) -> int:
+    try:
+        config = _api_config(args)
+    except api_commands.CommandError as exc:
+        return _fail("balance", exc)
+    return api_commands.run("balance", config, api_commands.balance_command)
+
+
+def _api_config(args: argparse.Namespace) -> SolverSettings:
+    # Without --verbose the solver's own log lines would repeat the one-line error.
+    _configure_logging("DEBUG" if args.verbose else "CRITICAL")
+    retries: int = getattr(args, "retries", 0)
+    return api_commands.solver_settings(args.api_url, args.timeout, retries)
+
+
+def _fail(command: str, exc: Exception) -> int:
+    message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        message = f"{exc.filename}: {message}"
+    print(f"scrapy-capsolver-ocr {command}: {message}", file=sys.stderr)
+    return 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         engine = ocr_server.DdddOcrEngine()
@@ -106,6 +208,37 @@ def _configure_logging(level: str) -> None:
     # Twisted's own messages then go to stderr like ours; stdout stays for the URL line.
     observer = cast(ILogObserver, STDLibLogObserver())  # a zope interface, opaque to mypy
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def _text(option: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        try:
+            return check_text(option, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return check
+
+
+def _score(text: str) -> float:
+    try:
+        return check_score("--score", text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
