@@ -191,6 +191,7 @@ class SolverSettings:
     url_patterns: tuple[re.Pattern[str], ...]
     report_wrong: bool
     max_attempts: int
+    element_timeout: float
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> SolverSettings:
@@ -230,4 +231,5 @@ class SolverSettings:
             url_patterns=read.patterns("CAPSOLVER_URL_PATTERNS"),
             report_wrong=read.boolean("CAPSOLVER_REPORT_WRONG", True),
             max_attempts=read.integer("CAPSOLVER_MAX_ATTEMPTS", 3, minimum=1),
+            element_timeout=read.seconds("CAPSOLVER_ELEMENT_TIMEOUT", 10.0),
         )
