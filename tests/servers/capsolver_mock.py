@@ -5,7 +5,9 @@ its URL as the first line of stdout.
 
 It answers ``/createTask`` (``ImageToTextTask``), ``/getBalance`` and ``/feedbackTask``
 like CapSolver. The answer to an image is the text of its PNG ``captcha-answer`` tEXt
-chunk when there is one (the test sites embed it), else a text derived from its SHA-256.
+chunk when there is one (the test sites embed it); else the text colour-coded in its pixels
+when it has one (see color_code.py: the browser test site draws it, because a screenshot of
+a captcha element keeps no tEXt chunk); else a text derived from its SHA-256.
 
 Control endpoints, for the tests:
 - ``POST /_config`` JSON ``{"latency": s, "balance": usd, "key": str, "faults": [rule...]}``
@@ -29,6 +31,7 @@ import time
 import uuid
 from typing import Any
 
+from color_code import read_color_code
 from png_text import embedded_answer
 from twisted.internet import reactor, task
 from twisted.web import resource, server
@@ -41,6 +44,9 @@ def answer_for(image: bytes) -> str:
     embedded = embedded_answer(image)
     if embedded:
         return embedded
+    coded = read_color_code(image)
+    if coded:
+        return coded
     return "t" + hashlib.sha256(image).hexdigest()[:7]
 
 
