@@ -20,6 +20,11 @@ class CaptchaImageError(CaptchaSolveError):
     truncated, too large, or an HTTP error page. No API call was made."""
 
 
+class CaptchaNotFoundError(CaptchaImageError):
+    """Page mode: the page has no element matching the selector, or the element has no
+    image (no ``src``). Often the page simply shows no captcha this time."""
+
+
 class CaptchaApiError(CaptchaSolveError):
     """CapSolver answered with an error (``errorId`` != 0) or could not be reached.
 

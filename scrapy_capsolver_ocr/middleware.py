@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -10,8 +11,13 @@ from scrapy.http import Response
 from scrapy.utils.defer import deferred_from_coro
 
 from .errors import CaptchaImageError
-from .options import solve_options
+from .images import image_type
+from .injection import INJECTED, CaptchaInjector
+from .options import SolveOptions, solve_options
+from .page_captcha import SIDE_REQUEST, page_image
 from .progress import SolveProgress
+from .rejection import RejectionHandler, attempt_of, retry_condition
+from .sessions import SessionSolutions, SolvedCaptcha, session_of
 from .settings import SolverSettings
 from .solver import CaptchaSolver
 
@@ -41,41 +47,94 @@ class CaptchaSolverMiddleware:
         self.solver = CaptchaSolver(self.config, crawler.stats, self._close_crawl)
         self._progress = SolveProgress(self.solver, crawler.stats, self.config.logstats_interval)
         self._closing = False
+        self._sessions = SessionSolutions()
+        self._injector = CaptchaInjector(self._sessions, crawler.stats)
+        self._rejections = RejectionHandler(self.solver, crawler.stats, self.config.max_attempts)
+        self._image_order = itertools.count()
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(self._request_scheduled, signal=signals.request_scheduled)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> CaptchaSolverMiddleware:
         return cls(crawler)
 
-    def process_request(self, request: Request, spider: Spider | None = None) -> None:
-        # A wrong solve_image value fails here, before the captcha is even downloaded.
+    def process_request(self, request: Request, spider: Spider | None = None) -> Request | None:
+        # Wrong captcha meta values fail here, before anything is downloaded.
         solve_options(request.meta)
+        retry_condition(request.meta)
+        # A request with captcha_field is sent again with its answer in.
+        return self._injector.process_request(request)
 
     async def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
-    ) -> Response:
-        options = solve_options(request.meta)
+    ) -> Request | Response:
+        retry = await self._rejections.process_response(request, response)
+        if retry is not None:
+            return retry
+        options = self._solve_options(request, response)
         if options is None:
             return response
+        image, source = await self._captcha_image(request, response, options)
+        order = next(self._image_order)
+        website_url = options.website_url
+        # Page mode: the page the captcha is on (not a data: or file: URL, useless to CapSolver).
+        page_url = response.url if response.url.startswith(("http://", "https://")) else None
+        if website_url is None and options.selector is not None:
+            website_url = page_url
+        if website_url is None and request.headers.get("Referer"):
+            website_url = request.headers.to_unicode_dict()["Referer"]
+        solution = await self.solver.solve(
+            image,
+            module=options.module,
+            score=options.score,
+            website_url=website_url,
+            source=source,
+        )
+        logger.debug("Solved the captcha of %s as %r", response.url, solution.text)
+        attempt = attempt_of(request.meta)
+        self._sessions.add(session_of(request), SolvedCaptcha(solution, request, attempt, order))
+        request.meta["captcha_solution"] = solution
+        request.meta["captcha_text"] = solution.text
+        request.meta["captcha_attempt"] = attempt
+        return response
+
+    def process_exception(
+        self, request: Request, exception: Exception, spider: Spider | None = None
+    ) -> None:
+        # The spider may build its next request from this one's meta: that one needs its
+        # own answer.
+        request.meta.pop(INJECTED, None)
+
+    def _request_scheduled(self, request: Request, **kwargs: Any) -> None:
+        if "captcha_field" in request.meta:
+            # Forms built alike (the captcha field still empty) differ once their answers
+            # are in: a retry's form must not be dropped as a duplicate of the first one.
+            request.dont_filter = True
+
+    def _solve_options(self, request: Request, response: Response) -> SolveOptions | None:
+        """What to solve in this response: what the request asked for, or (for a URL in
+        CAPSOLVER_URL_PATTERNS) an image body with the default options."""
+        options = solve_options(request.meta)
+        if options is not None or request.meta.get("solve_image") is False:
+            return options
+        if SIDE_REQUEST in request.meta or not 200 <= response.status < 300:
+            return None
+        if not any(pattern.search(response.url) for pattern in self.config.url_patterns):
+            return None
+        return SolveOptions() if image_type(response.body) is not None else None
+
+    async def _captcha_image(
+        self, request: Request, response: Response, options: SolveOptions
+    ) -> tuple[bytes, str]:
+        """The captcha image to solve, and where it came from (for messages)."""
+        if options.selector is not None:
+            return await page_image(self.crawler, request, response, options.selector)
         if not 200 <= response.status < 300:
             raise CaptchaImageError(
                 f"The captcha request {response.url} got HTTP {response.status}, not an image."
             )
-        website_url = options.website_url
-        if website_url is None and request.headers.get("Referer"):
-            website_url = request.headers.to_unicode_dict()["Referer"]
-        solution = await self.solver.solve(
-            response.body,
-            module=options.module,
-            score=options.score,
-            website_url=website_url,
-            source=response.url,
-        )
-        logger.debug("Solved the captcha of %s as %r", response.url, solution.text)
-        request.meta["captcha_solution"] = solution
-        request.meta["captcha_text"] = solution.text
-        return response
+        return response.body, response.url
 
     def _spider_opened(self, spider: Spider) -> None:
         self._progress.start()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from parsel.csstranslator import css2xpath
+
 from .errors import CaptchaOptionsError
 from .settings import check_score, check_text, check_url
 
@@ -16,9 +18,25 @@ class SolveOptions:
     module: str | None = None
     score: float | None = None
     website_url: str | None = None
+    #: CSS selector of the captcha element on the page (page mode).
+    selector: str | None = None
 
 
-_CHECKS = {"module": check_text, "score": check_score, "website_url": check_url}
+def check_selector(name: str, value: Any) -> str:
+    selector = check_text(name, value)
+    try:
+        css2xpath(selector)
+    except SyntaxError as exc:  # cssselect's SelectorSyntaxError
+        raise ValueError(f"{name}={value!r} is not a valid CSS selector: {exc}") from None
+    return selector
+
+
+_CHECKS = {
+    "module": check_text,
+    "score": check_score,
+    "website_url": check_url,
+    "selector": check_selector,
+}
 _ALLOWED = ", ".join(field.name for field in fields(SolveOptions))
 
 

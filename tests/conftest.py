@@ -62,3 +62,22 @@ def capsolver(capsolver_url: str) -> CapSolverMock:
 def image_site() -> Iterator[str]:
     with running_server([str(SERVERS / "image_site.py")]) as url:
         yield url
+
+
+DEMO_SITE = str(SERVERS.parents[1] / "example_project" / "demo_site" / "server.py")
+
+
+@pytest.fixture(scope="session")
+def demo_site() -> Iterator[str]:
+    """The demo site, its captcha answers embedded for the mock. It checks answers per
+    session and every crawl starts new sessions, so one server serves every test."""
+    with running_server([DEMO_SITE, "--port", "0", "--embed-answers"]) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def rejecting_demo_site() -> Iterator[str]:
+    """The demo site refusing the first two answers of each session, even right ones."""
+    argv = [DEMO_SITE, "--port", "0", "--embed-answers", "--reject-first", "2"]
+    with running_server(argv) as url:
+        yield url
