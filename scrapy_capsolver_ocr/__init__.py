@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .addon import Addon
+from .browser_captcha import solve_page_captcha
 from .errors import (
     CaptchaAccountError,
     CaptchaApiError,
@@ -48,6 +49,7 @@ __all__ = [
     "CaptchaTimeoutError",
     "CaptchaTransientError",
     "get_solver",
+    "solve_page_captcha",
 ]
 
 

@@ -10,6 +10,7 @@ from scrapy import Request, Spider, signals
 from scrapy.http import Response
 from scrapy.utils.defer import deferred_from_coro
 
+from .browser_captcha import check_request, solve_browser_response
 from .errors import CaptchaImageError
 from .images import image_type
 from .injection import INJECTED, CaptchaInjector
@@ -61,7 +62,9 @@ class CaptchaSolverMiddleware:
 
     def process_request(self, request: Request, spider: Spider | None = None) -> Request | None:
         # Wrong captcha meta values fail here, before anything is downloaded.
-        solve_options(request.meta)
+        options = solve_options(request.meta)
+        if options is not None:
+            check_request(request, options, self.config.element_timeout)
         retry_condition(request.meta)
         # A request with captcha_field is sent again with its answer in.
         return self._injector.process_request(request)
@@ -74,6 +77,13 @@ class CaptchaSolverMiddleware:
             return retry
         options = self._solve_options(request, response)
         if options is None:
+            return response
+        solution = await solve_browser_response(
+            self.solver, request, response.url, options, self.config.element_timeout
+        )
+        if solution is not None:  # a captcha on a scrapy-playwright page
+            request.meta["captcha_solution"] = solution
+            request.meta["captcha_text"] = solution.text
             return response
         image, source = await self._captcha_image(request, response, options)
         order = next(self._image_order)

@@ -20,6 +20,8 @@ class SolveOptions:
     website_url: str | None = None
     #: CSS selector of the captcha element on the page (page mode).
     selector: str | None = None
+    #: Selector of the input a browser page's solved text is typed into (Playwright).
+    fill: str | None = None
 
 
 def check_selector(name: str, value: Any) -> str:
@@ -36,7 +38,10 @@ _CHECKS = {
     "score": check_score,
     "website_url": check_url,
     "selector": check_selector,
+    "fill": check_text,
 }
+# Playwright takes its own selector syntax (text=..., >> chains into frames): it checks them.
+_BROWSER_CHECKS = {**_CHECKS, "selector": check_text}
 _ALLOWED = ", ".join(field.name for field in fields(SolveOptions))
 
 
@@ -59,12 +64,13 @@ def solve_options(meta: dict[str, Any]) -> SolveOptions | None:
             f"meta['solve_image'] has unknown option(s) {', '.join(map(repr, unknown))}; "
             f"allowed: {_ALLOWED}"
         )
+    checks = _BROWSER_CHECKS if meta.get("playwright") else _CHECKS
     checked: dict[str, Any] = {}
     for name, raw in value.items():
         if raw is None:
             continue
         try:
-            checked[name] = _CHECKS[name](f"meta['solve_image'][{name!r}]", raw)
+            checked[name] = checks[name](f"meta['solve_image'][{name!r}]", raw)
         except ValueError as exc:
             raise CaptchaOptionsError(str(exc)) from None
     return SolveOptions(**checked)
