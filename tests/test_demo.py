@@ -1,0 +1,100 @@
+"""The demo (example_project/run_demo.py, which scripts/demo.sh runs), end to end: real
+servers, the example project's spiders, real OCR."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import API_KEY, CapSolverMock
+from servers.process import REPO_ROOT
+
+RUN_DEMO = REPO_ROOT / "example_project" / "run_demo.py"
+ITEMS_PER_LOGIN = 6
+
+
+def run_demo(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    summary_file = tmp_path / "summary.json"
+    base_env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("CAPSOLVER_API_KEY", "CAPSOLVER_API_URL")
+    }
+    result = subprocess.run(
+        [sys.executable, str(RUN_DEMO), *args, "--summary-json", str(summary_file)],
+        capture_output=True,
+        text=True,
+        env={**base_env, **(env or {})},
+        cwd=tmp_path,  # the demo must not depend on the directory it is started from
+        timeout=300,
+        check=False,
+    )
+    assert summary_file.exists(), result.stderr[-3000:]
+    return result, json.loads(summary_file.read_text())
+
+
+def assert_every_wrong_answer_retried_within_the_limit(summary: dict[str, Any]) -> None:
+    limit = summary["max_attempts"]
+    for name, spider in summary["spiders"].items():
+        assert spider["finish_reason"] == "finished", name
+        for login, record in spider["records"].items():
+            where = f"{name} login {login}: {record}"
+            assert 1 <= record["attempts"] <= limit, where
+            if record["succeeded"]:
+                # Each refused answer was followed by another attempt, and the last one passed.
+                assert record["wrong_answers"] == record["attempts"] - 1, where
+                assert record["items"] == ITEMS_PER_LOGIN, where
+            else:
+                # Given up only once the limit was reached, every answer refused.
+                assert record["wrong_answers"] == record["attempts"] == limit, where
+                assert record["items"] == 0, where
+        wrong = sum(record["wrong_answers"] for record in spider["records"].values())
+        attempts = sum(record["attempts"] for record in spider["records"].values())
+        assert (spider["wrong_answers"], spider["captchas_solved"]) == (wrong, attempts)
+
+
+@pytest.mark.parametrize("captchas", ["noisy", "digits"])
+def test_demo_logs_in_with_the_local_ocr_server(tmp_path: Path, captchas: str) -> None:
+    pytest.importorskip("ddddocr", reason='the OCR extra: pip install ".[ocr]"')
+    options = ["--digits"] if captchas == "digits" else []
+    result, summary = run_demo(tmp_path, "--logins", "4", *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (summary["solver"], summary["captchas"]) == ("local", captchas)
+    assert summary["api_url"].startswith("http://127.0.0.1:")
+    assert summary["logins_succeeded"] > 0
+    for spider in summary["spiders"].values():
+        assert spider["logins"] == 4
+        assert spider["items"] == ITEMS_PER_LOGIN * spider["logins_succeeded"]
+    assert_every_wrong_answer_retried_within_the_limit(summary)
+    assert "== Demo summary" in result.stdout
+    assert f"{summary['logins_succeeded']} of {summary['logins']} logins succeeded" in (
+        result.stdout
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_with_a_key_solves_through_the_api_and_gives_up_at_the_limit(
+    tmp_path: Path, capsolver: CapSolverMock
+) -> None:
+    # The mock stands in for CapSolver's cloud. It cannot read the demo site's captchas (it
+    # answers a text made from the image's hash), so every answer is refused: each login
+    # gives up after CAPSOLVER_MAX_ATTEMPTS answers, each of them reported as wrong.
+    env = {"CAPSOLVER_API_KEY": API_KEY, "CAPSOLVER_API_URL": capsolver.url}
+    result, summary = run_demo(tmp_path, "--logins", "2", env=env)
+    assert result.returncode == 1  # no login succeeded
+    assert (summary["solver"], summary["api_url"]) == ("cloud", capsolver.url)
+    assert "Local OCR server" not in result.stdout
+    assert summary["logins_succeeded"] == 0
+    assert_every_wrong_answer_retried_within_the_limit(summary)
+    attempts = sum(spider["captchas_solved"] for spider in summary["spiders"].values())
+    assert attempts == summary["max_attempts"] * summary["logins"]
+    assert len(capsolver.calls("createTask")) == attempts
+    assert len(capsolver.calls("feedbackTask")) == attempts
+    assert API_KEY not in result.stdout + result.stderr
