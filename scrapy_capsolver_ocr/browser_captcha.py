@@ -18,11 +18,13 @@ from .errors import (
     CaptchaNotFoundError,
     CaptchaOptionsError,
 )
+from .page_captcha import is_displayed
 
 if TYPE_CHECKING:
     from playwright.async_api import Locator, Page
     from scrapy import Request
     from scrapy.crawler import Crawler
+    from scrapy.http import Response
 
     from .options import SolveOptions
     from .solution import CaptchaSolution
@@ -99,21 +101,35 @@ def check_request(request: Request, options: SolveOptions, timeout: float) -> No
 
 
 async def solve_browser_response(
+    crawler: Crawler,
     solver: CaptchaSolver,
     request: Request,
-    response_url: str,
+    response: Response,
     options: SolveOptions,
     timeout: float,
 ) -> CaptchaSolution | None:
     """Solve the captcha of a Playwright response; None when it is not one.
 
-    With the live page (``playwright_include_page``), the page is closed when solving
-    fails, since the errback could not close it: no page is left open on any path.
+    The live page (``playwright_include_page``) is closed when solving fails, before the
+    errback runs: a request that failed never leaves a page open. A page the spider will
+    not get (an HTTP error status it does not handle) is not solved.
     """
     page: Page | None = request.meta.get("playwright_page")
-    if page is not None:
-        assert options.selector is not None  # check_request required it
-        try:
+    # The page method check_request added, when scrapy-playwright kept the page to itself.
+    capture: Any = None
+    if page is None:
+        capture = _capture_of(request.meta.get("playwright_page_methods"))
+    if page is None and capture is None:
+        return None
+    assert options.selector is not None  # check_request required it
+    try:
+        if not is_displayed(request, response, crawler):
+            raise CaptchaImageError(
+                f"The page {response.url} got HTTP {response.status}; its captcha is solved "
+                "only for statuses the spider handles (handle_httpstatus_list, "
+                "HTTPERROR_ALLOWED_CODES)."
+            )
+        if page is not None:
             return await solve_page_captcha(
                 page,
                 options.selector,
@@ -124,23 +140,22 @@ async def solve_browser_response(
                 website_url=options.website_url,
                 timeout=timeout,
             )
-        except BaseException:
-            await _close_quietly(page)
-            raise
-    capture = _capture_of(request.meta.get("playwright_page_methods"))
-    if capture is None:
-        return None
-    if not isinstance(capture.result, bytes):
-        raise CaptchaImageError(
-            f"The browser gave no screenshot of the captcha {options.selector!r} on {response_url}."
+        if not isinstance(capture.result, bytes):
+            raise CaptchaImageError(
+                f"The browser gave no screenshot of the captcha {options.selector!r} on "
+                f"{response.url}."
+            )
+        return await solver.solve(
+            capture.result,
+            module=options.module,
+            score=options.score,
+            website_url=options.website_url or _http_url(response.url),
+            source=f"{options.selector!r} on {response.url}",
         )
-    return await solver.solve(
-        capture.result,
-        module=options.module,
-        score=options.score,
-        website_url=options.website_url or _http_url(response_url),
-        source=f"{options.selector!r} on {response_url}",
-    )
+    except BaseException:
+        if page is not None:
+            await _close_quietly(page)
+        raise
 
 
 def _capture_of(methods: Any) -> Any:

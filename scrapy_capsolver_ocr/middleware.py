@@ -79,7 +79,7 @@ class CaptchaSolverMiddleware:
         if options is None:
             return response
         solution = await solve_browser_response(
-            self.solver, request, response.url, options, self.config.element_timeout
+            self.crawler, self.solver, request, response, options, self.config.element_timeout
         )
         if solution is not None:  # a captcha on a scrapy-playwright page
             request.meta["captcha_solution"] = solution

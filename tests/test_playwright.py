@@ -334,6 +334,7 @@ async def test_capture_errors_are_clear_and_close_the_page(
         ("missing", "/login/img", {**LIVE_PAGE, "solve_image": {"selector": "#no-captcha"}}),
         ("zero-size", "/login/empty", {**LIVE_PAGE, "solve_image": SOLVE_AND_FILL}),
         ("broken", "/login/broken", {**LIVE_PAGE, "solve_image": SOLVE_AND_FILL}),
+        ("not-found", "/login/gone", {**LIVE_PAGE, "solve_image": SOLVE_AND_FILL}),
         ("closed", "/login/img", {**LIVE_PAGE, "solve_image": SOLVE_AND_FILL, "close_page": True}),
         (
             "no-input",
@@ -357,6 +358,8 @@ async def test_capture_errors_are_clear_and_close_the_page(
     assert "has zero size (0x0 px)" in str(errors["zero-size"])
     assert isinstance(errors["broken"], CaptchaImageError)
     assert "failed to load" in str(errors["broken"])
+    assert isinstance(errors["not-found"], CaptchaImageError)
+    assert "got HTTP 404" in str(errors["not-found"])
     assert isinstance(errors["closed"], CaptchaImageError)
     assert "page was closed before the captcha" in str(errors["closed"])
     assert isinstance(errors["no-input"], CaptchaInjectionError)
