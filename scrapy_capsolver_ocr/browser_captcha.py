@@ -72,6 +72,13 @@ def check_request(request: Request, options: SolveOptions, timeout: float) -> No
             "element (an <img>, a <canvas>, any element): the browser shows the captcha "
             "inside a page, and the middleware captures that element."
         )
+    try:
+        from scrapy_playwright.page import PageMethod
+    except ImportError:
+        raise CaptchaOptionsError(
+            "meta['playwright'] is set but scrapy-playwright is not installed: "
+            'pip install "scrapy-capsolver-ocr[playwright]"'
+        ) from None
     if request.meta.get("playwright_include_page"):
         return
     if options.fill is not None:
@@ -80,14 +87,6 @@ def check_request(request: Request, options: SolveOptions, timeout: float) -> No
             "closes the page before the callback unless meta['playwright_include_page'] is "
             "True: set it, and close response.meta['playwright_page'] in the callback."
         )
-    try:
-        from scrapy_playwright.page import PageMethod
-    except ImportError:
-        raise CaptchaOptionsError(
-            "meta['playwright'] is set but scrapy-playwright is not installed: "
-            'pip install "scrapy-capsolver-ocr[playwright]"'
-        ) from None
-
     capture = PageMethod(capture_element, options.selector, timeout)
     methods = request.meta.get("playwright_page_methods") or []
     if isinstance(methods, dict):
@@ -114,15 +113,20 @@ async def solve_browser_response(
     errback runs: a request that failed never leaves a page open. A page the spider will
     not get (an HTTP error status it does not handle) is not solved.
     """
+    if not request.meta.get("playwright") or options.selector is None:
+        return None  # no selector: an image body that CAPSOLVER_URL_PATTERNS matched
     page: Page | None = request.meta.get("playwright_page")
     # The page method check_request added, when scrapy-playwright kept the page to itself.
     capture: Any = None
     if page is None:
         capture = _capture_of(request.meta.get("playwright_page_methods"))
-    if page is None and capture is None:
-        return None
-    assert options.selector is not None  # check_request required it
     try:
+        if page is None and not isinstance(getattr(capture, "result", None), bytes):
+            raise CaptchaImageError(
+                f"The Playwright request {request.url} came back without a browser page or "
+                "screenshot: scrapy-playwright did not handle it. Set DOWNLOAD_HANDLERS for "
+                "http and https to scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler."
+            )
         if not is_displayed(request, response, crawler):
             raise CaptchaImageError(
                 f"The page {response.url} got HTTP {response.status}; its captcha is solved "
@@ -139,11 +143,6 @@ async def solve_browser_response(
                 score=options.score,
                 website_url=options.website_url,
                 timeout=timeout,
-            )
-        if not isinstance(capture.result, bytes):
-            raise CaptchaImageError(
-                f"The browser gave no screenshot of the captcha {options.selector!r} on "
-                f"{response.url}."
             )
         return await solver.solve(
             capture.result,

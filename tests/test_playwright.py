@@ -203,9 +203,8 @@ class LoginSpider(scrapy.Spider):
         # Before the download handler closes the browser (on engine_stopped).
         engine: Any = self.crawler.engine
         handler = engine.downloader.handlers._get_handler("http")
-        self.open_pages_at_close = sum(
-            len(wrapper.context.pages) for wrapper in handler.context_wrappers.values()
-        )
+        wrappers = getattr(handler, "context_wrappers", {})  # none without scrapy-playwright
+        self.open_pages_at_close = sum(len(wrapper.context.pages) for wrapper in wrappers.values())
 
 
 async def crawl_logins(
@@ -367,3 +366,23 @@ async def test_capture_errors_are_clear_and_close_the_page(
     assert "no element matches it" in str(errors["no-input"])
     # Only the captcha whose input was missing reached CapSolver.
     assert len(capsolver.calls()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_playwright_requests_without_its_download_handler_fail_clearly(
+    capsolver: CapSolverMock, browser_site: str
+) -> None:
+    # scrapy-playwright installed, but its handler not in DOWNLOAD_HANDLERS: the meta keys
+    # are ignored and a plain HTML response comes back, with no page to solve on.
+    visits = [
+        ("live", "/login/img", {**LIVE_PAGE, "solve_image": SOLVE_AND_FILL}),
+        ("captured", "/login/img", {"playwright": True, "solve_image": {"selector": "#captcha"}}),
+    ]
+    crawler = await crawl(LoginSpider, solver_settings(capsolver), site=browser_site, visits=visits)
+    spider: Any = crawler.spider
+
+    assert set(spider.errors) == {"live", "captured"}
+    for error in spider.errors.values():
+        assert isinstance(error, CaptchaImageError)
+        assert "ScrapyPlaywrightDownloadHandler" in str(error)
+    assert capsolver.calls() == []
