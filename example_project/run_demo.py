@@ -7,7 +7,7 @@ and stops both servers whatever happens. With ``CAPSOLVER_API_KEY`` in the envir
 same spiders solve through CapSolver's cloud (or ``CAPSOLVER_API_URL``) instead, and only
 the demo site is started.
 
-    python example_project/run_demo.py [--logins 5] [--digits] [--spider NAME ...]
+    python example_project/run_demo.py [--logins 5] [--digits] [--browser] [--spider NAME]
 
 ``bash scripts/demo.sh`` sets up a virtual environment and runs this.
 """
@@ -40,10 +40,14 @@ SETTINGS_MODULE = "demo_crawler.settings"
 #: A healthy server prints its URL within a second or two; the OCR model takes longest.
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
-#: The spiders the demo runs, and how each one solves its captchas.
+#: The example project's spiders, and how each one solves its captchas.
 PATTERNS = {
     "image_login": "image request, spider retries",
+    "page_login": "page mode, injection, captcha_retry_if",
+    "browser_login": "Playwright page, element screenshot",
 }
+#: The spiders that need scrapy-playwright and a Chromium: run with --browser.
+BROWSER_SPIDERS = ("browser_login",)
 #: Scrapy's start-up lines (versions, settings, middlewares...), hidden unless --verbose.
 STARTUP_LOGGERS = (
     "scrapy.addons",
@@ -215,7 +219,10 @@ def spider_result(name: str, crawler: Any) -> SpiderResult:
         most_attempts=max((record.attempts for record in records.values()), default=0),
         items=stats.get("item_scraped_count", 0),
         spent_usd=stats.get("capsolver/spent", 0.0),
-        records={login: asdict(record) for login, record in records.items()},
+        records={
+            login: {**asdict(record), "attempts": record.attempts}
+            for login, record in records.items()
+        },
     )
 
 
@@ -271,7 +278,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--spider",
         action="append",
         choices=sorted(PATTERNS),
-        help="run this spider (repeatable; default: all of them)",
+        help="run this spider (repeatable; default: all but the browser ones)",
+    )
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="also log in in a real browser (needs scrapy-playwright and a Chromium)",
     )
     parser.add_argument(
         "--digits",
@@ -288,8 +300,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_browser_support() -> None:
+    try:
+        import scrapy_playwright  # noqa: F401
+    except ImportError:
+        raise DemoError(
+            'Logging in in a browser needs scrapy-playwright: pip install ".[playwright]" '
+            "(bash scripts/demo.sh --browser installs it), and a Chromium: "
+            "`playwright install chromium`, Debian's chromium, or CHROMIUM_PATH."
+        ) from None
+
+
 def run(args: argparse.Namespace, logs: Path) -> Summary:
-    spiders = args.spider or list(PATTERNS)
+    spiders = args.spider or [name for name in PATTERNS if name not in BROWSER_SPIDERS]
+    if args.browser:
+        spiders += [name for name in BROWSER_SPIDERS if name not in spiders]
+    if any(name in BROWSER_SPIDERS for name in spiders):
+        check_browser_support()
     cloud_key = os.environ.get("CAPSOLVER_API_KEY")
     overrides: dict[str, Any] = {
         "LOG_LEVEL": "DEBUG" if args.verbose else "INFO",

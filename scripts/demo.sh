@@ -2,7 +2,7 @@
 # The demo, from a fresh clone: captcha logins on a local demo site, solved by a local OCR
 # server, with no account and no internet beyond installing packages.
 #
-#   bash scripts/demo.sh [--logins N] [--digits] [--spider NAME] [-v]
+#   bash scripts/demo.sh [--logins N] [--digits] [--browser] [--spider NAME] [-v]
 #
 # Sets up .venv (Python 3.10+; reused when present), then runs example_project/run_demo.py,
 # which starts the servers on free loopback ports, crawls, prints a summary and stops the
@@ -11,6 +11,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+extras=demo
+modules="captcha, ddddocr, form2request, scrapy_capsolver_ocr"
+for arg in "$@"; do
+    case "$arg" in
+        --browser | browser_login | --spider=browser_login)
+            # Chromium itself: CHROMIUM_PATH, Debian's, or `playwright install chromium`.
+            extras=demo,playwright
+            modules="$modules, scrapy_playwright"
+            ;;
+    esac
+done
 
 if [ ! -x .venv/bin/python ]; then
     if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
@@ -21,18 +32,18 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # Installed once: later runs start at once (delete .venv, or run pip yourself, to update it).
-if ! .venv/bin/python - 2>/dev/null <<'PY'
+if ! .venv/bin/python - 2>/dev/null <<PY
 import sys
 from pathlib import Path
 
-import captcha, ddddocr, form2request, scrapy_capsolver_ocr  # noqa: F401, E401
+import $modules
 
 # The plugin must be this checkout, installed in editable mode.
 sys.exit(Path(scrapy_capsolver_ocr.__file__).resolve().parents[1] != Path.cwd().resolve())
 PY
 then
     echo "Installing the plugin and the demo's packages into .venv (about a minute)..."
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[demo]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
 fi
 
 # The demo runs in the background so that a kill of this script reaches it too (as SIGTERM);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,25 @@ def test_demo_with_a_key_solves_through_the_api_and_gives_up_at_the_limit(
     assert len(capsolver.calls("createTask")) == attempts
     assert len(capsolver.calls("feedbackTask")) == attempts
     assert API_KEY not in result.stdout + result.stderr
+
+
+def chromium_available() -> bool:
+    configured = os.environ.get("CHROMIUM_PATH")
+    candidates = [configured] if configured else ["/usr/lib/chromium/chromium"]
+    candidates.append(shutil.which("chromium"))
+    return any(path and os.access(path, os.X_OK) for path in candidates)
+
+
+@pytest.mark.playwright
+def test_demo_logs_in_in_a_browser(tmp_path: Path) -> None:
+    pytest.importorskip("ddddocr", reason='the OCR extra: pip install ".[ocr]"')
+    pytest.importorskip("scrapy_playwright", reason='pip install ".[playwright]"')
+    if not chromium_available():
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail("No Chromium: set CHROMIUM_PATH or install Debian's chromium")
+        pytest.skip("No Chromium: set CHROMIUM_PATH or install Debian's chromium")
+    result, summary = run_demo(tmp_path, "--logins", "2", "--spider", "browser_login")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(summary["spiders"]) == ["browser_login"]
+    assert summary["logins_succeeded"] > 0
+    assert_every_wrong_answer_retried_within_the_limit(summary)

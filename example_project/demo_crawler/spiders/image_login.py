@@ -62,7 +62,7 @@ class ImageLoginSpider(LoginSpider):
             for request in self.logged_in(response, login):
                 yield request
             return
-        self.answer_refused(login, solution.text)
+        self.answer_refused(login)
         # Tells CapSolver (feedbackTask) and drops the answer from the solver's cache.
         await get_solver(self.crawler).report_wrong(solution, "the site refused the answer")
         if self.records[login].attempts >= self.max_attempts:

@@ -7,7 +7,7 @@ many visitors as there are logins, each with its own CSRF token and captcha.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -22,11 +22,15 @@ WRONG_CAPTCHA = r"Wrong captcha"
 class LoginRecord:
     """How one login went: captchas answered, answers refused, the outcome, items scraped."""
 
-    attempts: int = 0
+    answers: list[str] = field(default_factory=list)
     wrong_answers: int = 0
     succeeded: bool | None = None  # None: still going
     items: int = 0
     error: str = ""
+
+    @property
+    def attempts(self) -> int:
+        return len(self.answers)
 
 
 class LoginSpider(scrapy.Spider):
@@ -69,8 +73,7 @@ class LoginSpider(scrapy.Spider):
     def start_login(self, login: int) -> scrapy.Request:
         raise NotImplementedError
 
-    @staticmethod
-    def session(login: int, **meta: Any) -> dict[str, Any]:
+    def session(self, login: int, **meta: Any) -> dict[str, Any]:
         """Request meta for ``login``'s session, plus ``meta``."""
         return {"cookiejar": login, **meta}
 
@@ -78,7 +81,7 @@ class LoginSpider(scrapy.Spider):
 
     def captcha_answered(self, login: int, text: str) -> None:
         record = self.records[login]
-        record.attempts += 1
+        record.answers.append(text)
         self.crawler.stats.inc_value("demo/captchas_answered")
         self.logger.info(
             "Login %d: captcha read as %r (attempt %d of %d)",
@@ -88,10 +91,12 @@ class LoginSpider(scrapy.Spider):
             self.max_attempts,
         )
 
-    def answer_refused(self, login: int, text: str) -> None:
-        self.records[login].wrong_answers += 1
+    def answer_refused(self, login: int) -> None:
+        """The site refused the login's last answer."""
+        record = self.records[login]
+        record.wrong_answers += 1
         self.crawler.stats.inc_value("demo/wrong_answers")
-        self.logger.info("Login %d: the site refused %r", login, text)
+        self.logger.info("Login %d: the site refused %r", login, record.answers[-1])
 
     def logged_in(self, response: Response, login: int) -> Iterator[scrapy.Request]:
         """The page after a login: the list of items, each scraped in the same session."""
