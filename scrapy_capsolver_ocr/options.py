@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from cssselect import SelectorError
 from parsel.csstranslator import css2xpath
 
 from .errors import CaptchaOptionsError
@@ -28,7 +29,7 @@ def check_selector(name: str, value: Any) -> str:
     selector = check_text(name, value)
     try:
         css2xpath(selector)
-    except SyntaxError as exc:  # cssselect's SelectorSyntaxError
+    except SelectorError as exc:  # bad syntax, or a pseudo-class CSS does not have
         raise ValueError(f"{name}={value!r} is not a valid CSS selector: {exc}") from None
     return selector
 

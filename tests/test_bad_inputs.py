@@ -53,6 +53,8 @@ async def test_bad_image_response_fails_without_api_call(
         ({"score": 0.5}, "score'] = 0.5"),
         ({"module": ""}, "module']"),
         ({"website_url": "ftp://x"}, "website_url']"),
+        ({"selector": "img[src"}, "not a valid CSS selector"),
+        ({"selector": "img:visible"}, "not a valid CSS selector"),
     ],
 )
 @pytest_twisted.ensureDeferred
