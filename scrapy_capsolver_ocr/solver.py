@@ -343,12 +343,18 @@ class CaptchaSolver:
 
     async def record_balance(self, *, at_start: bool) -> float | None:
         """Read the balance into ``capsolver/balance_start`` or ``capsolver/balance_end``.
-        At the start, account errors and a zero balance close the crawl; any other failure
-        is logged and the crawl goes on."""
+        At the start, account errors and a zero balance close the crawl and a block pauses
+        solving; any other failure is logged and the crawl goes on."""
+        sent_at = self._reactor.seconds()
         try:
             value = await self.balance()
         except CaptchaBlockedError as exc:
-            logger.warning("Could not read the CapSolver balance: %s", exc)
+            if at_start:
+                # Blocked before the first task: pause as a blocked createTask would, rather
+                # than send every waiting task into the block.
+                self._on_blocked(exc, sent_at)
+            else:
+                logger.warning("Could not read the CapSolver balance: %s", exc)
             return None
         except CaptchaAccountError as exc:
             if at_start:

@@ -44,6 +44,10 @@ class CapSolverMock:
     def max_in_flight(self) -> int:
         return int(self._get("/_stats")["max_in_flight"])
 
+    def stats(self) -> dict[str, Any]:
+        """``max_in_flight``, ``applied`` (calls each fault rule applied to), ``outages``."""
+        return dict(self._get("/_stats"))
+
 
 @pytest.fixture(scope="session")
 def capsolver_url() -> Iterator[str]:

@@ -14,10 +14,18 @@ Control endpoints, for the tests:
   where a rule is ``{"fault": kind, "method": "createTask", "every": n, "count": n,
   "code": "ERROR_...", "status": n, "seconds": s}``: the fault applies to call number
   ``i`` of that method (1-based) when ``i % every == 0``, at most ``count`` times.
-  Kinds: error, http, not_json, no_error_id, no_solution, empty_text, wrong_text, huge,
-  reset, drop_mid, latency.
+  createTask rules can also pick images: ``"answer_prefix": str`` (only images whose
+  answer starts with it), ``"per_image": n`` (at most n times for one image); and
+  ``"probability": p`` applies a rule to a random share of the calls it matches.
+  The first rule that matches a call applies.
+  Kinds: error, http, not_json, no_error_id, no_solution, empty_text, wrong_text, huge
+  (a body of 30 MB, streamed), reset (connection closed before any answer), drop_mid
+  (headers and the start of the body, then a reset), latency (``seconds`` more), refuse (an outage:
+  the mock closes every API connection and stops listening for ``seconds``, default 0.05,
+  so that new connections are refused, then listens on the same port again).
 - ``GET /_calls``: every API call received, ``[{"method", "body", "at"}]``.
-- ``GET /_stats``: ``{"max_in_flight": n}``, the most API calls answered at once.
+- ``GET /_stats``: ``{"max_in_flight": n, "applied": [n per rule], "outages": n}``: the most
+  API calls answered at once, how many calls each fault rule was applied to, outages begun.
 - ``POST /_reset``: forget calls and configuration.
 """
 
@@ -27,14 +35,20 @@ import argparse
 import base64
 import hashlib
 import json
+import random
+import socket
+import struct
 import time
 import uuid
+import weakref
 from typing import Any
 
 from color_code import read_color_code
 from png_text import embedded_answer
 from twisted.internet import reactor, task
+from twisted.internet.interfaces import IListeningPort, IPullProducer
 from twisted.web import resource, server
+from zope.interface import implementer
 
 API_METHODS = ("createTask", "getBalance", "feedbackTask")
 HUGE_BODY_SIZE = 30 * 1024 * 1024
@@ -66,10 +80,14 @@ class MockState:
         self.calls: list[dict[str, Any]] = []
         self.counts: dict[str, int] = {}
         self.applied: dict[int, int] = {}
+        self.applied_to_image: dict[tuple[int, str], int] = {}
         self.task_ids: set[str] = set()
         self.max_in_flight = 0
+        self.outages = 0
+        self.random = random.Random(0)
 
-    def fault_for(self, method: str) -> dict[str, Any] | None:
+    def fault_for(self, method: str, answer: str | None) -> dict[str, Any] | None:
+        """The rule to apply to this call; ``answer`` is the image's, for createTask."""
         number = self.counts[method]
         for index, rule in enumerate(self.faults):
             if rule.get("method", "createTask") != method:
@@ -78,9 +96,96 @@ class MockState:
                 continue
             if "count" in rule and self.applied.get(index, 0) >= int(rule["count"]):
                 continue
+            prefix = rule.get("answer_prefix")
+            if prefix is not None and (answer is None or not answer.startswith(prefix)):
+                continue
+            image_key = (index, answer or "")
+            if "per_image" in rule and self.applied_to_image.get(image_key, 0) >= int(
+                rule["per_image"]
+            ):
+                continue
+            if "probability" in rule and self.random.random() >= float(rule["probability"]):
+                continue
             self.applied[index] = self.applied.get(index, 0) + 1
+            self.applied_to_image[image_key] = self.applied_to_image.get(image_key, 0) + 1
             return rule
         return None
+
+
+def image_of(body: Any) -> bytes | None:
+    """The image of a createTask body, or None when the body has none."""
+    task_data = body.get("task") if isinstance(body, dict) else None
+    encoded = task_data.get("body") if isinstance(task_data, dict) else None
+    if not isinstance(encoded, str):
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True) or None
+    except ValueError:  # binascii.Error included
+        return None
+
+
+class ApiPort:
+    """The listening port and its open connections, so that an outage can close both."""
+
+    def __init__(self, site: server.Site, state: MockState) -> None:
+        self.site = site
+        self.state = state
+        self.port: IListeningPort | None = None
+        self.number = 0
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        build = site.buildProtocol
+
+        def build_tracked(addr: Any) -> Any:
+            protocol = build(addr)
+            self.connections.add(protocol)
+            return protocol
+
+        site.buildProtocol = build_tracked  # type: ignore[method-assign]
+
+    def listen(self) -> None:
+        self.port = reactor.listenTCP(self.number, self.site, interface="127.0.0.1")
+        self.number = self.port.getHost().port
+
+    def outage(self, seconds: float) -> None:
+        """Close every connection and refuse new ones for ``seconds``."""
+        for protocol in list(self.connections):
+            # Site wraps each HTTPChannel; the channel holds the transport.
+            transport = getattr(getattr(protocol, "_channel", protocol), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        if self.port is None:
+            return  # already down: this call only loses its connection
+        self.state.outages += 1
+        port, self.port = self.port, None
+        stopped = port.stopListening()
+        stopped.addCallback(lambda _: task.deferLater(reactor, seconds, self.listen))
+
+
+@implementer(IPullProducer)
+class HugeBody:
+    """Writes a JSON answer of ``size`` bytes in chunks, as a server that will not stop
+    talking would, without holding it all in memory."""
+
+    CHUNK = b"x" * 65536
+
+    def __init__(self, request: Any, size: int) -> None:
+        self.request = request
+        self.left = size
+        request.write(b'{"errorId": 0, "pad": "')
+        request.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        if self.left > 0:
+            chunk = self.CHUNK[: self.left]
+            self.left -= len(chunk)
+            self.request.write(chunk)
+            return
+        self.request.unregisterProducer()
+        self.request.write(b'"}')
+        self.request.finish()
+
+    def stopProducing(self) -> None:
+        self.left = 0
 
 
 def error(code: str, description: str = "", status: int = 400) -> tuple[int, dict[str, Any]]:
@@ -93,13 +198,20 @@ class Api(resource.Resource):
     def __init__(self, state: MockState) -> None:
         super().__init__()
         self.state = state
+        self.api_port: ApiPort | None = None
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         if request.path == b"/_calls":
             return json.dumps(self.state.calls).encode()
         if request.path == b"/_stats":
-            return json.dumps({"max_in_flight": self.state.max_in_flight}).encode()
+            applied = [self.state.applied.get(i, 0) for i in range(len(self.state.faults))]
+            stats = {
+                "max_in_flight": self.state.max_in_flight,
+                "applied": applied,
+                "outages": self.state.outages,
+            }
+            return json.dumps(stats).encode()
         request.setResponseCode(404)
         return b"not found"
 
@@ -127,7 +239,8 @@ class Api(resource.Resource):
         self.state.in_flight += 1
         self.state.max_in_flight = max(self.state.max_in_flight, self.state.in_flight)
         request.notifyFinish().addBoth(self.finished)
-        rule = self.state.fault_for(path)
+        image = image_of(body) if path == "createTask" else None
+        rule = self.state.fault_for(path, answer_for(image) if image else None)
         delay = self.state.latency
         if rule is not None and rule["fault"] == "latency":
             delay += float(rule["seconds"])
@@ -160,7 +273,10 @@ class Api(resource.Resource):
         elif kind == "drop_mid":
             request.setHeader(b"content-length", b"1000")
             request.write(b'{"errorId": 0, "solu')
-            request.transport.abortConnection()
+            # Linger 0: the close after the start of the answer is out is a reset (RST).
+            linger = struct.pack("ii", 1, 0)
+            request.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            request.transport.loseConnection()
         elif kind == "http":
             request.setResponseCode(int(rule["status"]))
             request.setHeader(b"content-type", b"text/html")
@@ -172,8 +288,10 @@ class Api(resource.Resource):
             request.finish()
         elif kind == "huge":
             request.setHeader(b"content-type", b"application/json")
-            request.write(b'{"errorId": 0, "pad": "' + b"x" * HUGE_BODY_SIZE + b'"}')
-            request.finish()
+            HugeBody(request, HUGE_BODY_SIZE)
+        elif kind == "refuse":
+            assert self.api_port is not None
+            self.api_port.outage(float(rule.get("seconds", 0.05)))
         else:
             return False
         return True
@@ -237,11 +355,13 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     args = parser.parse_args()
     state = MockState(args.key, args.latency)
-    site = server.Site(Api(state))
+    api = Api(state)
+    site = server.Site(api)
     site.displayTracebacks = False
     site.noisy = False
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    print(f"http://127.0.0.1:{port.getHost().port}", flush=True)
+    api.api_port = ApiPort(site, state)
+    api.api_port.listen()
+    print(f"http://127.0.0.1:{api.api_port.number}", flush=True)
     reactor.run()
 
 
