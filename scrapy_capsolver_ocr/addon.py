@@ -19,6 +19,6 @@ class Addon:
             "DOWNLOADER_MIDDLEWARES", CaptchaSolverMiddleware, MIDDLEWARE_PRIORITY
         )
         key = settings.get("CAPSOLVER_API_KEY")
-        if isinstance(key, str) and key:
+        if isinstance(key, str) and key.strip():  # a blank key is refused at start, as is
             priority = settings.getpriority("CAPSOLVER_API_KEY")
             settings.set("CAPSOLVER_API_KEY", ApiKey(key.strip()), priority=priority or "addon")

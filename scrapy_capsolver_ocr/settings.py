@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable
@@ -72,10 +73,10 @@ def check_text(name: str, value: Any) -> str:
 def check_url(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise invalid(name, value, "an http:// or https:// URL")
-    parts = urlsplit(value)
+    parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise invalid(name, value, "an http:// or https:// URL")
-    return value
+    return value.strip()
 
 
 def is_loopback(url: str) -> bool:
@@ -124,7 +125,8 @@ class _Reader:
         return value
 
     def seconds(self, name: str, default: float, *, allow_zero: bool = False) -> float:
-        allowed = "a number of seconds >= 0" if allow_zero else "a number of seconds > 0"
+        # Infinity would wait forever (a pause, a timeout): never what a crawl wants.
+        allowed = f"a finite number of seconds {'>=' if allow_zero else '>'} 0"
 
         def convert(raw: Any) -> float:
             if isinstance(raw, bool):
@@ -132,7 +134,7 @@ class _Reader:
             return float(raw)
 
         value = self._convert(name, default, convert, allowed)
-        if value < 0 or (value == 0 and not allow_zero) or value != value:
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             raise invalid(name, value, allowed)
         return value
 
@@ -143,7 +145,10 @@ class _Reader:
         return check(name, raw)
 
     def patterns(self, name: str) -> tuple[re.Pattern[str], ...]:
-        raw = self.settings.getlist(name)
+        try:
+            raw = self.settings.getlist(name)
+        except TypeError:
+            raise invalid(name, self.settings.get(name), "a list of regular expressions") from None
         compiled = []
         for item in raw:
             try:
@@ -162,6 +167,8 @@ def _api_key(settings: BaseSettings) -> ApiKey | None:
     if not isinstance(raw, str):
         # The value itself may be a key in the wrong shape: say its type, never the value.
         raise ValueError(f"CAPSOLVER_API_KEY must be a string, not {type(raw).__name__}")
+    if not raw.strip():
+        raise invalid("CAPSOLVER_API_KEY", raw, "a CapSolver key (this one is blank)")
     return ApiKey(raw.strip())
 
 
@@ -199,6 +206,9 @@ class SolverSettings:
         if not read.boolean("CAPSOLVER_ENABLED", True):
             raise NotConfigured("CAPSOLVER_ENABLED is False")
         api_url = check_url("CAPSOLVER_API_URL", settings.get("CAPSOLVER_API_URL", DEFAULT_API_URL))
+        if urlsplit(api_url).query or urlsplit(api_url).fragment:
+            # The method name is appended to the URL: a query would swallow it.
+            raise invalid("CAPSOLVER_API_URL", api_url, "a base URL without ?query or #fragment")
         allow_http = read.boolean("CAPSOLVER_ALLOW_HTTP", False)
         if api_url.startswith("http://") and not allow_http and not is_loopback(api_url):
             # The key travels in the request body: plain HTTP would show it to the network.
