@@ -262,8 +262,13 @@ def print_summary(summary: Summary) -> None:
     for name, result in summary.spiders.items():
         if result.finish_reason != "finished":
             print(f"  {name} stopped early: {result.finish_reason}")
+    answered = sum(result.captchas_solved for result in summary.spiders.values())
+    refused = sum(result.wrong_answers for result in summary.spiders.values())
+    if answered:
+        right = answered - refused
+        print(f"\nAnswers the site accepted: {right} of {answered} ({right / answered:.0%}).")
     print(
-        f"\n{summary.logins_succeeded} of {summary.logins} logins succeeded; "
+        f"{summary.logins_succeeded} of {summary.logins} logins succeeded; "
         f"{summary.seconds:.1f} s in all, servers included."
     )
 
