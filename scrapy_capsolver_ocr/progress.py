@@ -13,7 +13,9 @@ logger = logging.getLogger(__name__)
 
 
 class SolveProgress:
-    """Logs captchas solved, failed, in flight and the solve rate every ``interval`` s."""
+    """Every ``interval`` seconds, logs captchas solved, the solve rate, failed, in flight
+    (and how many of those are at the API) and API tasks. Silent until the crawl asks for
+    its first solve, so crawls that meet no captcha get no noise."""
 
     def __init__(self, solver: CaptchaSolver, stats: StatsCollector, interval: float) -> None:
         self._solver = solver
@@ -25,21 +27,31 @@ class SolveProgress:
     def start(self) -> None:
         if self._interval > 0:
             self._loop = LoopingCall(self.log)
-            self._loop.start(self._interval, now=False)
+            done = self._loop.start(self._interval, now=False)
+            # A failing log call stops the loop; say why instead of an unhandled error.
+            done.addErrback(
+                lambda failure: logger.error(
+                    "Captcha progress lines stopped: %s", failure.getErrorMessage()
+                )
+            )
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 
     def log(self) -> None:
+        if not self._stats.get_value("capsolver/requested", 0):
+            return
         solved = self._stats.get_value("capsolver/solved", 0)
         rate = (solved - self._last_solved) * 60.0 / self._interval
         self._last_solved = solved
         logger.info(
-            "Captchas: %d solved (at %.1f/min), %d failed, %d in flight, %d API tasks",
+            "Captchas: %d solved (at %.1f/min), %d failed, %d in flight (%d at the API), "
+            "%d API tasks",
             solved,
             rate,
             self._stats.get_value("capsolver/failed", 0),
             self._solver.in_flight,
+            self._solver.calls_in_flight,
             self._solver.tasks_sent,
         )

@@ -102,6 +102,12 @@ class CaptchaSolver:
     def __repr__(self) -> str:
         return f"CaptchaSolver(api={self.api!r}, in_flight={self.in_flight})"
 
+    @property
+    def calls_in_flight(self) -> int:
+        """createTask calls sent and not answered yet; ``in_flight`` also counts the solves
+        waiting for a concurrency slot, a pause or the balance read at start."""
+        return self.config.concurrency - self._slots.tokens
+
     # Solving
 
     async def solve(
