@@ -44,6 +44,17 @@ class CaptchaSolverMiddleware:
             )
         self.crawler = crawler
         self.config = SolverSettings.from_settings(crawler.settings)
+        requests_cap = crawler.settings.getint("CONCURRENT_REQUESTS")
+        if 0 < requests_cap < self.config.concurrency:
+            logger.warning(
+                "CONCURRENT_REQUESTS (%d) is below CAPSOLVER_CONCURRENCY (%d): a request "
+                "waiting for its captcha answer holds one of Scrapy's request slots, so at "
+                "most %d solves run at once and other pages wait while they do. Set "
+                "CONCURRENT_REQUESTS to CAPSOLVER_CONCURRENCY plus what the pages need.",
+                requests_cap,
+                self.config.concurrency,
+                requests_cap,
+            )
         assert crawler.stats is not None
         self.solver = CaptchaSolver(self.config, crawler.stats, self._close_crawl)
         self._progress = SolveProgress(self.solver, crawler.stats, self.config.logstats_interval)

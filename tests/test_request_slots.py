@@ -1,0 +1,59 @@
+"""A request waiting for its captcha answer holds one of Scrapy's CONCURRENT_REQUESTS slots:
+those cap the solves in flight, whatever CAPSOLVER_CONCURRENCY allows."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest_twisted
+from conftest import CapSolverMock
+from crawling import RecordingSpider, crawl, solver_settings
+
+# Slow enough that every captcha is downloaded before the first answer comes back.
+SLOW_TASKS = {"fault": "latency", "method": "createTask", "seconds": 1.0}
+
+
+def slot_warnings(caplog: Any) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if "is below CAPSOLVER_CONCURRENCY" in record.getMessage()
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_caps_the_solves_and_is_warned_about(
+    capsolver: CapSolverMock, image_site: str, caplog: Any
+) -> None:
+    caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.middleware")
+    capsolver.configure(faults=[SLOW_TASKS])
+    urls = [f"{image_site}/captcha/capped{i}.png" for i in range(8)]
+    settings = solver_settings(capsolver, CAPSOLVER_CONCURRENCY=8, CONCURRENT_REQUESTS=4)
+    crawler = await crawl(RecordingSpider, settings, urls=urls)
+    spider: Any = crawler.spider
+
+    assert len(spider.texts) == 8
+    assert capsolver.max_in_flight() == 4
+    assert slot_warnings(caplog) == [
+        "CONCURRENT_REQUESTS (4) is below CAPSOLVER_CONCURRENCY (8): a request waiting for "
+        "its captcha answer holds one of Scrapy's request slots, so at most 4 solves run at "
+        "once and other pages wait while they do. Set CONCURRENT_REQUESTS to "
+        "CAPSOLVER_CONCURRENCY plus what the pages need."
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_above_the_solver_concurrency_lets_every_solve_run(
+    capsolver: CapSolverMock, image_site: str, caplog: Any
+) -> None:
+    caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.middleware")
+    capsolver.configure(faults=[SLOW_TASKS])
+    urls = [f"{image_site}/captcha/room{i}.png" for i in range(8)]
+    settings = solver_settings(capsolver, CAPSOLVER_CONCURRENCY=8, CONCURRENT_REQUESTS=12)
+    crawler = await crawl(RecordingSpider, settings, urls=urls)
+    spider: Any = crawler.spider
+
+    assert len(spider.texts) == 8
+    assert capsolver.max_in_flight() == 8
+    assert slot_warnings(caplog) == []
