@@ -31,4 +31,6 @@ ROBOTSTXT_OBEY = True
 CONCURRENT_REQUESTS = 16
 CONCURRENT_REQUESTS_PER_DOMAIN = 16
 TELNETCONSOLE_ENABLED = False
+# The spiders tell the story of each login at INFO; `-L DEBUG` shows every request too.
+LOG_LEVEL = "INFO"
 FEED_EXPORT_ENCODING = "utf-8"
