@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logs = Path(tempfile.mkdtemp(prefix="scrapy-capsolver-demo-"))
-    ok = False
+    finished = ok = False
     try:
         summary = run(args, logs)
         print_summary(summary)
@@ -387,18 +387,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             totals = {"logins": summary.logins, "logins_succeeded": summary.logins_succeeded}
             data = asdict(summary) | totals
             args.summary_json.write_text(json.dumps(data, indent=2) + "\n")
-        ok = summary.logins_succeeded > 0 and all(
-            result.finish_reason == "finished" for result in summary.spiders.values()
-        )
+        finished = all(result.finish_reason == "finished" for result in summary.spiders.values())
+        ok = finished and summary.logins_succeeded > 0
     except DemoError as exc:
         print(f"demo: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr)
     finally:
-        if ok:
+        # The servers' logs matter only when something stopped the demo halfway.
+        if finished:
             shutil.rmtree(logs, ignore_errors=True)
         else:
-            print(f"Server logs are kept in {logs}", file=sys.stderr)
+            print(f"The servers' logs are kept in {logs}", file=sys.stderr)
     return 0 if ok else 1
 
 
