@@ -8,6 +8,9 @@ Run ``python image_site.py``: binds 127.0.0.1 on a free port, prints its URL fir
 - ``/captcha/<text>.<jpg|gif|bmp|webp>``: the same in other formats.
 - ``/bad/<name>``: empty, html, truncated, svg, big (2 MB PNG-looking), json.
 - ``/status/<code>``: that status with an HTML body.
+- ``/noise/<n>.png?size=B``: a distinct PNG of about B bytes (default 30000) of random
+  grey pixels seeded by ``n``, answer ``n<n>`` embedded, made in about a millisecond and
+  not kept (for the benchmarks' many large images).
 - ``/page/<n>``: an ordinary HTML page linking to the next ones.
 """
 
@@ -15,11 +18,12 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import random
 from typing import Any
 
 from captcha.image import ImageCaptcha
-from PIL import PngImagePlugin
+from PIL import Image, PngImagePlugin
 from twisted.internet import reactor
 from twisted.web import resource, server
 
@@ -38,6 +42,19 @@ def captcha_image(text: str, fmt: str = "png", seed: int = 0) -> bytes:
         image.save(out, format="PNG", pnginfo=info)
     else:
         image.save(out, format=FORMATS[fmt])
+    return out.getvalue()
+
+
+def noise_image(number: int, size: int) -> bytes:
+    """A PNG of about ``size`` bytes: random pixels do not compress, so the side follows."""
+    side = max(8, math.isqrt(size))
+    pixels = random.Random(number).randbytes(side * side)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("captcha-answer", f"n{number}")
+    out = io.BytesIO()
+    Image.frombytes("L", (side, side), pixels).save(
+        out, format="PNG", pnginfo=info, compress_level=0
+    )
     return out.getvalue()
 
 
@@ -67,6 +84,10 @@ class Site(resource.Resource):
             seed = int(request.args.get(b"seed", [b"0"])[0])
             request.setHeader(b"content-type", f"image/{ext}".encode())
             return captcha_image(text, ext, seed)
+        if parts[0] == "noise" and len(parts) == 2:
+            size = int(request.args.get(b"size", [b"30000"])[0])
+            request.setHeader(b"content-type", b"image/png")
+            return noise_image(int(parts[1].removesuffix(".png")), size)
         if parts[0] == "bad" and len(parts) == 2:
             body, content_type = bad_body(parts[1])
             request.setHeader(b"content-type", content_type)

@@ -1,0 +1,617 @@
+"""The report of ``bench_solving.py``: docs/benchmarks.md (tables, what each number means,
+the targets), docs/benchmarks-scaling.png (matplotlib) and docs/benchmarks.json (the raw
+measurements, to check or re-plot)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def per_s(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def verdict(met: bool) -> str:
+    return "**met**" if met else "**not met**"
+
+
+def completeness(run: dict[str, Any], expected: int) -> str:
+    """Empty when every solve ended well, else what went wrong (it would void a timing)."""
+    problems = []
+    if run.get("solved", 0) != expected:
+        problems.append(f"{run.get('solved', 0)} of {expected} solved")
+    if run.get("failed"):
+        problems.append(f"{run['failed']} failed: {'; '.join(run.get('errors', []))}")
+    return f" (**{', '.join(problems)}**)" if problems else ""
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+class Report:
+    def __init__(self, results: dict[str, Any]) -> None:
+        self.r = results
+        self.summary: list[list[str]] = []
+        self.body: list[str] = []
+
+    # One section per measurement.
+
+    def concurrency(self, data: dict[str, Any]) -> None:
+        run, ideal = data["plugin"], data["ideal"]
+        calls = run.get("call_times") or [0.0]
+        first_wave = calls[min(data["concurrency"], len(calls)) - 1]
+        ratio = run["solve_span"] / ideal
+        defaults = data["scrapy_defaults"]
+        n, lat, conc = data["captchas"], data["latency"], data["concurrency"]
+        self.summary.append(
+            [
+                "1",
+                f"{n} distinct captchas, {lat:g} s latency, `CAPSOLVER_CONCURRENCY = {conc}`",
+                f"solving took {fmt(run['solve_span'])} s, ideal {fmt(ideal)} s: **{fmt(ratio)}x**",
+                "within 1.3x of ideal",
+                verdict(ratio <= 1.3),
+            ]
+        )
+        self.body += [
+            "## 1. Concurrency",
+            "",
+            f"{n} distinct captcha images (each one a new picture, so neither the cache nor "
+            f"shared calls help), the mock answering createTask after {lat:g} s, "
+            f"`CAPSOLVER_CONCURRENCY = {conc}`. Ideal: ceil({n}/{conc}) x {lat:g} s = "
+            f"{fmt(ideal)} s.",
+            "",
+            *table(
+                [
+                    "settings",
+                    "solving span",
+                    "x ideal",
+                    "crawl wall time",
+                    "createTask at once (mock)",
+                ],
+                [
+                    [
+                        f"`CONCURRENT_REQUESTS = {conc} + 16`",
+                        f"{fmt(run['solve_span'])} s{completeness(run, n)}",
+                        fmt(ratio),
+                        f"{fmt(run['wall'])} s",
+                        str(run["api_max_in_flight"]),
+                    ],
+                    [
+                        "Scrapy's defaults (`CONCURRENT_REQUESTS = 16`)",
+                        f"{fmt(defaults['solve_span'])} s{completeness(defaults, n)}",
+                        fmt(defaults["solve_span"] / ideal),
+                        f"{fmt(defaults['wall'])} s",
+                        str(defaults["api_max_in_flight"]),
+                    ],
+                ],
+            ),
+            "",
+            f"- **Solving span**: from the first captcha image downloaded to the last solved "
+            f"response handed to its callback. Best of {len(run['all_solve_span'])} runs "
+            f"({', '.join(fmt(s) for s in run['all_solve_span'])} s). It includes the image "
+            "downloads that overlap the solving and the time for each answer to reach its "
+            f"callback. The first {conc} createTask calls reached the mock over "
+            f"{fmt(first_wave)} s, as their images arrived; each later call goes out when an "
+            "answer frees a slot.",
+            "- **Crawl wall time**: the whole crawl in its process, from starting the reactor "
+            "to the crawl's end: opening the spider, the balance read at start (held solves "
+            "wait for it), downloading the images, solving, closing (balance read at the end, "
+            "connection pool closed). Not included: starting Python and importing Scrapy.",
+            "- **createTask at once**: the most createTask calls the mock answered at the same "
+            "time.",
+            "- With Scrapy's defaults only 16 solves are ever in flight: a request waiting for "
+            "its answer holds one of Scrapy's `CONCURRENT_REQUESTS` slots. Raise "
+            "`CONCURRENT_REQUESTS` above `CAPSOLVER_CONCURRENCY` (here by 16, room for "
+            "ordinary downloads) to get the concurrency you pay for.",
+            "",
+        ]
+
+    def side_by_side(self, data: dict[str, Any]) -> None:
+        rows = data["rows"]
+        plugin = rows["plugin"]
+        n, conc = data["captchas"], data["concurrency"]
+        labels = {
+            "plugin": "this plugin (`solve_image` meta)",
+            "sdk_thread_pool": "SDK via `deferToThread`, Scrapy's thread pool (10 threads)",
+            "sdk_thread_pool_sized": (
+                f"SDK via `deferToThread`, `REACTOR_THREADPOOL_MAXSIZE = {conc}`"
+            ),
+            "sdk_blocking": "SDK called in the callback (blocking)",
+        }
+        lines = []
+        for key, label in labels.items():
+            run = rows[key]
+            lines.append(
+                [
+                    label,
+                    f"{fmt(run['wall'])} s{completeness(run, n)}",
+                    f"{fmt(run['solve_span'])} s",
+                    f"{fmt(run['wall'] / plugin['wall'])}x",
+                    str(run["api_max_in_flight"]),
+                ]
+            )
+        blocking = rows["sdk_blocking"]["wall"] / plugin["wall"]
+        threads = rows["sdk_thread_pool"]["wall"] / plugin["wall"]
+        sized = rows["sdk_thread_pool_sized"]["wall"] / plugin["wall"]
+        self.summary.append(
+            [
+                "2",
+                f"the same crawl through the official `capsolver` SDK {data['sdk_version']}",
+                f"in the callback **{fmt(blocking, 1)}x** slower; in the thread pool "
+                f"**{fmt(threads, 1)}x** (10 threads), **{fmt(sized, 1)}x** ({conc} threads)",
+                "report the ratios",
+                "reported",
+            ]
+        )
+        self.body += [
+            "## 2. Side by side with the official SDK",
+            "",
+            f"The same crawl ({n} captchas, {data['latency']:g} s latency, same Scrapy "
+            f"settings, same mock) solving through the official `capsolver` SDK "
+            f"{data['sdk_version']} (`capsolver.solve({{'type': 'ImageToTextTask', ...}})`, "
+            "pointed at the mock with `capsolver.api_base`), in the same benchmark run.",
+            "",
+            *table(
+                [
+                    "how the captchas are solved",
+                    "crawl wall time",
+                    "solving span",
+                    "vs this plugin",
+                    "createTask at once",
+                ],
+                lines,
+            ),
+            "",
+            "- **Blocking**: the SDK's `requests` call runs on the reactor thread, so the "
+            "whole crawl, every download included, stops for each answer: the solves run one "
+            "at a time whatever the settings.",
+            "- **Thread pool**: `deferToThread` keeps the reactor free, but Scrapy's pool has "
+            "10 threads (shared with DNS resolution), so at most 10 solves are in flight. "
+            f"Sized to the concurrency ({conc} threads) it took {fmt(sized)}x this plugin's "
+            "time here; each thread costs a stack and a `requests` session, and the SDK has "
+            "no per-crawl budget, retries with backoff, pauses on blocks, cache or stats.",
+            "- Wall times include what section 1 describes; the SDK runs have no balance reads.",
+            "",
+        ]
+
+    def overhead(self, data: dict[str, Any]) -> None:
+        n, conc = data["solves"], data["concurrency"]
+        bare, middleware = data["bare"], data["middleware"]
+        bare_rate = per_s(n, bare["solve_span"])
+        mw_rate = per_s(n, middleware["solve_span"])
+        ratio = mw_rate / bare_rate
+        solved, downloaded = data["crawl_solved"], data["crawl_downloaded"]
+        one_item = data["crawl_downloaded_one_item"]
+        solved_rate = per_s(n, solved["solve_span"])
+        downloaded_rate = per_s(n, downloaded["solve_span"])
+        extra_ms = (solved["cpu"] - downloaded["cpu"]) / n * 1000
+        self.summary.append(
+            [
+                "3",
+                f"per-solve overhead, instant mock, concurrency {conc}",
+                f"{fmt(mw_rate, 0)} solves/s through the middleware vs {fmt(bare_rate, 0)} "
+                f"for a bare treq loop: **{fmt(ratio)}**",
+                ">= 0.7 of the bare loop",
+                verdict(ratio >= 0.7),
+            ]
+        )
+        us = 1e6 / n
+        self.body += [
+            "## 3. Overhead per solve",
+            "",
+            f"The mock answers at once; {n} distinct captchas at concurrency {conc}.",
+            "",
+            *table(
+                ["path", "solves/s", "CPU per solve (this process)", "runs (s)"],
+                [
+                    [
+                        "bare treq loop: base64, `json.dumps`, `treq.post`, `json.loads`",
+                        f"{fmt(bare_rate, 0)}{completeness(bare, n)}",
+                        f"{fmt(bare['median_cpu'] * us, 0)} µs",
+                        ", ".join(fmt(s) for s in bare["all_solve_span"]),
+                    ],
+                    [
+                        "`CaptchaSolverMiddleware.process_response`, images in memory",
+                        f"{fmt(mw_rate, 0)}{completeness(middleware, n)}",
+                        f"{fmt(middleware['median_cpu'] * us, 0)} µs",
+                        ", ".join(fmt(s) for s in middleware["all_solve_span"]),
+                    ],
+                ],
+            ),
+            "",
+            "- The middleware path is the plugin's whole solving path: the `solve_image` "
+            "options, the image check, SHA-256 and cache, shared calls, the concurrency "
+            "slot, base64 and JSON, the HTTP call with its timeout, the answer's "
+            "classification, stats and the meta of the request. The bare loop is the least "
+            "any client must do. Both run in a fresh process on the asyncio reactor, against "
+            "the same mock, interleaved; solves/s is from the fastest run, CPU per solve the "
+            "median.",
+            "- The API client talks to Twisted's `Agent` directly: treq's client parses and "
+            "IDNA-encodes the URL, makes a new endpoint (IDNA again), and runs cookie and "
+            "gzip layers and a Cooperator for the body on every call; a profile of the "
+            "middleware (pyinstrument) showed these as the largest part of a solve.",
+            "",
+            *self.profile_table(data.get("profile_parts")),
+            "The same solves inside a real crawl, where Scrapy also downloads each image:",
+            "",
+            *table(
+                ["crawl", "captchas/s", "CPU of the whole crawl per captcha"],
+                [
+                    [
+                        "download and solve",
+                        f"{fmt(solved_rate, 0)}{completeness(solved, n)}",
+                        f"{fmt(solved['cpu'] / n * 1000)} ms",
+                    ],
+                    [
+                        "download only (no `solve_image`)",
+                        f"{fmt(downloaded_rate, 0)}",
+                        f"{fmt(downloaded['cpu'] / n * 1000)} ms",
+                    ],
+                    [
+                        "download only, `CONCURRENT_ITEMS = 1`",
+                        f"{fmt(per_s(n, one_item['solve_span']), 0)}",
+                        f"{fmt(one_item['cpu'] / n * 1000)} ms",
+                    ],
+                ],
+            ),
+            "",
+            f"- Solving adds about {fmt(extra_ms)} ms of CPU per captcha to a crawl (the "
+            "first two rows' difference; the CPU of the whole process, its start included, "
+            f"divided by the captchas), where Scrapy spends {fmt(downloaded['cpu'] / n * 1000)} "
+            "ms to download an image and call its callback.",
+            "- Scrapy 2.19 on the asyncio reactor starts `CONCURRENT_ITEMS` (100 by default) "
+            "tasks to handle the output of every callback, even an empty one: the last row "
+            "shows what that costs per response. A crawl whose callbacks yield few items can "
+            "lower `CONCURRENT_ITEMS`; the other measurements keep Scrapy's default.",
+            "",
+        ]
+
+    @staticmethod
+    def profile_table(parts: dict[str, float] | None) -> list[str]:
+        if not parts:
+            return ["(No profile: `pip install pyinstrument` to see where the time goes.)", ""]
+        total = sum(parts.values())
+        ranked = sorted(parts.items(), key=lambda item: -item[1])
+        return [
+            "Where the middleware run's time goes (pyinstrument, one more run; self time "
+            "of the code in each part, C calls counted for the code that made them):",
+            "",
+            *table(["part", "share"], [[name, f"{sec / total:.0%}"] for name, sec in ranked]),
+            "",
+            "The base64, JSON, SHA-256 and logging of a solve together take a few percent; "
+            "what remains is Twisted's HTTP client and the event loop, which the bare loop "
+            "pays too.",
+            "",
+        ]
+
+    def crawl_moves(self, data: dict[str, Any]) -> None:
+        pages, slow = data["pages"], data["slow_solves"]
+        base, loaded = data["baseline"], data["with_solves"]
+        base_rate = per_s(pages - 1, base["page_span"])
+        loaded_rate = per_s(pages - 1, loaded["page_span"])
+        ratio = loaded_rate / base_rate
+        in_flight = slow - loaded.get("solved_before_last_page", 0)
+        self.summary.append(
+            [
+                "4",
+                f"{pages} ordinary pages while {slow} slow solves are in flight",
+                f"{fmt(loaded_rate, 0)} pages/s vs {fmt(base_rate, 0)} without captchas: "
+                f"**{fmt(ratio)}**",
+                ">= 0.9",
+                verdict(ratio >= 0.9 and in_flight == slow),
+            ]
+        )
+        self.body += [
+            "## 4. The crawl keeps moving",
+            "",
+            f"{pages} ordinary pages (`/page/<n>`), requested once {slow} captchas are "
+            f"downloaded and their createTask calls sent; each call takes "
+            f"{data['latency']:g} s, long enough to outlast the pages. "
+            f"`CAPSOLVER_CONCURRENCY = {slow}`, `CONCURRENT_REQUESTS = {slow} + 16`, "
+            "`CONCURRENT_REQUESTS_PER_DOMAIN = 16`, in both crawls.",
+            "",
+            *table(
+                ["crawl", "pages/s", "page span", "solves still in flight at the last page"],
+                [
+                    [
+                        "pages only",
+                        fmt(base_rate, 0),
+                        f"{fmt(base['page_span'])} s{completeness(base, 0)}",
+                        "-",
+                    ],
+                    [
+                        f"pages + {slow} slow solves",
+                        fmt(loaded_rate, 0),
+                        f"{fmt(loaded['page_span'])} s{completeness(loaded, slow)}",
+                        f"{in_flight} of {slow} (mock: {loaded['api_max_in_flight']} at once)",
+                    ],
+                ],
+            ),
+            "",
+            "- **Pages/s**: pages from the first page response to the last one; best of "
+            f"{len(base['all_page_span'])} runs each. The solves wait on the reactor, not "
+            "in it: a waiting solve costs a timer and an open connection. The captcha "
+            "downloads come before the pages, so they are not counted against the pages.",
+            "- The requests being solved hold request slots (see section 1): with Scrapy's "
+            "default `CONCURRENT_REQUESTS = 16`, 16 slow captchas would take every slot and "
+            "the pages would wait for them. Leave room: `CONCURRENT_REQUESTS` = "
+            "`CAPSOLVER_CONCURRENCY` + what the pages need.",
+            "",
+        ]
+
+    def memory(self, data: dict[str, Any]) -> None:
+        run, n = data["run"], data["solves"]
+        samples = run["rss"]
+        warm_count, warm_rss = next(((c, m) for c, m in samples if c >= n // 10), samples[0])
+        end_rss = samples[-1][1]
+        growth = end_rss - warm_rss
+        image_total = n * data["image_size"] / 1024 / 1024
+        responses = sum(v for k, v in run["live"].items() if "Response" in k)
+        flat = growth < 10 and not run["cache_holds_bytes"] and responses == 0
+        self.summary.append(
+            [
+                "5",
+                f"memory over {n:,} solves of {data['image_size'] // 1000} KB images",
+                f"RSS {fmt(warm_rss, 1)} MiB after {warm_count:,} solves, "
+                f"{fmt(end_rss, 1)} MiB after {n:,} (**{growth:+.1f} MiB**), peak "
+                f"{fmt(run['peak_rss'], 1)} MiB",
+                "flat",
+                verdict(flat),
+            ]
+        )
+        self.body += [
+            "## 5. Memory",
+            "",
+            f"{n:,} solves of distinct {data['image_size']:,}-byte PNGs "
+            f"({fmt(image_total, 0)} MiB of images in all), instant mock, concurrency "
+            f"{data['concurrency']}. Resident memory (RSS) of the crawl's process, sampled "
+            f"every {samples[1][0] if len(samples) > 1 else n:,} solves:",
+            "",
+            *table(
+                ["solves", *[f"{c:,}" for c, _ in samples[:: max(1, len(samples) // 10)]]],
+                [["RSS MiB", *[fmt(m, 1) for _, m in samples[:: max(1, len(samples) // 10)]]]],
+            ),
+            "",
+            f"- Before the crawl: {fmt(run['rss_before'], 1)} MiB (Python, Scrapy imported); "
+            f"peak {fmt(run['peak_rss'], 1)} MiB; growth after the first {warm_count:,} "
+            f"solves: {growth:+.1f} MiB.{completeness(run, n)}",
+            f"- After the crawl the solver's cache holds {run['cached_solutions']:,} "
+            f"solutions (`CAPSOLVER_CACHE_SIZE`, 1024 by default): text, task id and the "
+            f"image's SHA-256, never the image (image bytes in the cache: "
+            f"{'yes' if run['cache_holds_bytes'] else 'none'}); shared calls left: "
+            f"{run['shared_calls_left']}; responses still alive (Scrapy's trackref): "
+            f"{responses}.",
+            f"- Requests still alive: {run['live'].get('Request', 0)} (the solutions the "
+            "middleware keeps per session for `captcha_field`, a bounded number).",
+            "- The rise during the first solves is the process reaching its working size "
+            "(reactor, connection pools, Scrapy's buffers, the cache filling up to its cap); "
+            "after that, memory does not follow the number of images.",
+            "",
+        ]
+        if run.get("progress_lines"):
+            self.body += [
+                "The progress line (`CAPSOLVER_LOGSTATS_INTERVAL`, here 2 s) in that crawl's log:",
+                "",
+                "```",
+                *run["progress_lines"],
+                "```",
+                "",
+            ]
+
+    def scaling(self, data: dict[str, Any]) -> None:
+        latency = data["latency"]
+        rows = []
+        for point in data["points"]:
+            conc, count, run = point["concurrency"], point["solves"], point["run"]
+            measured = per_s(count, run["solve_span"])
+            ideal = conc / latency
+            rows.append(
+                [
+                    str(conc),
+                    str(count),
+                    f"{fmt(measured, 1)}{completeness(run, count)}",
+                    fmt(ideal, 1),
+                    f"{measured / ideal:.0%}",
+                    str(run["api_max_in_flight"]),
+                    f"{fmt(run['cpu'] / run['wall'] * 100, 0)} %",
+                ]
+            )
+        top = data["points"][-1]
+        close = max(
+            (
+                p["concurrency"]
+                for p in data["points"]
+                if per_s(p["solves"], p["run"]["solve_span"]) >= 0.75 * p["concurrency"] / latency
+            ),
+            default=0,
+        )
+        self.summary.append(
+            [
+                "6",
+                f"scaling: `CAPSOLVER_CONCURRENCY` "
+                f"{', '.join(str(p['concurrency']) for p in data['points'])} at "
+                f"{latency:g} s",
+                f"{fmt(per_s(top['solves'], top['run']['solve_span']), 0)} solves/s at "
+                f"{top['concurrency']}; see the plot",
+                "the curve",
+                "measured",
+            ]
+        )
+        self.body += [
+            "## 6. Scaling curve",
+            "",
+            f"createTask takes {latency:g} s; each point solves max(10, "
+            f"{self.r['plan']['scaling_rounds']} x concurrency) distinct captchas in a real "
+            "crawl (`CONCURRENT_REQUESTS` = concurrency + 16); best of "
+            f"{self.r['plan']['repeat']} runs. Ideal: concurrency / latency.",
+            "",
+            *table(
+                [
+                    "`CAPSOLVER_CONCURRENCY`",
+                    "solves",
+                    "solves/s",
+                    "ideal",
+                    "of ideal",
+                    "createTask at once",
+                    "crawl CPU use",
+                ],
+                rows,
+            ),
+            "",
+            "![Solves per second against CAPSOLVER_CONCURRENCY, and memory over many solves]"
+            "(benchmarks-scaling.png)",
+            "",
+            f"- Up to {close} the rate stays within 75 % of concurrency / latency: the crawl "
+            "waits on the API. Beyond, the crawl's process is the limit (see its CPU use: "
+            "Scrapy downloads every image and runs its callback, and the mock and the image "
+            "site share the same cores), not the plugin's slots.",
+            "",
+        ]
+
+    # The page.
+
+    def markdown(self) -> str:
+        r = self.r
+        facts = r["facts"]
+        versions = facts["versions"]
+        head = [
+            "# Benchmarks: solving at scale",
+            "",
+            "What this plugin claims is that a crawl never waits on a captcha. These "
+            "measurements check it, against the blocking alternatives, on a local "
+            "CapSolver-compatible mock (`tests/servers/capsolver_mock.py`, createTask latency "
+            "set per measurement) and a local image site (`tests/servers/image_site.py`). "
+            "Every number except the two overhead loops comes from a real Scrapy crawl "
+            "(`CrawlerProcess`, asyncio reactor, `LOG_LEVEL = INFO`) in a fresh process. "
+            "Nothing is sent to CapSolver.",
+            "",
+            "## Run it",
+            "",
+            "```sh",
+            "pip install matplotlib capsolver   # the plot, and the official SDK for section 2",
+            "python benchmarks/bench_solving.py            # the full run",
+            "python benchmarks/bench_solving.py --quick    # smaller runs, 2 of each",
+            "```",
+            "",
+            "Neither package is needed by the plugin. `--only overhead memory` measures some "
+            "sections; `--profile FILE` also writes a pyinstrument profile of the middleware "
+            "(`pip install pyinstrument`). The script writes this page, "
+            "`docs/benchmarks-scaling.png` and the raw numbers in `docs/benchmarks.json`.",
+            "",
+            f"This page: `{r['command']}`, {facts['date']}, "
+            f"{fmt(facts['total_seconds'] / 60, 1)} minutes.",
+            "",
+            *table(
+                ["machine", ""],
+                [
+                    ["CPUs (nproc)", str(facts["nproc"])],
+                    ["CPU", facts["cpu"] or "?"],
+                    ["Python", facts["python"]],
+                    ["OS", facts["platform"]],
+                    [
+                        "Scrapy / Twisted / treq",
+                        f"{versions['scrapy']} / {versions['twisted']} / {versions['treq']}",
+                    ],
+                    ["capsolver SDK", str(versions["capsolver"])],
+                    [
+                        "load average before / after",
+                        f"{fmt(facts['load_before'][0])} / {fmt(facts['load_after'][0])}",
+                    ],
+                ],
+            ),
+            "",
+            "The machine is shared with other work: a run can only be slowed down by it, so "
+            "short measurements are repeated and the fastest run is reported (every run's "
+            "value is in the tables or in `benchmarks.json`). The mock, the image site and "
+            "the crawl share the same cores.",
+            "",
+            "## Summary",
+            "",
+            *table(["#", "measure", "result", "target", ""], self.summary),
+            "",
+            "7. Progress during a crawl: every `CAPSOLVER_LOGSTATS_INTERVAL` seconds (60 by "
+            "default, 0 turns it off) the plugin logs captchas solved, the solve rate, "
+            "failed, in flight and API tasks, like Scrapy's own LogStats line (example in "
+            "section 5); `tests/test_progress.py` checks it in a real crawl.",
+            "",
+        ]
+        return "\n".join(head + self.body)
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): no plot")
+        return False
+    panels = [name for name in ("scaling", "memory") if name in results]
+    if not panels:
+        return False
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for axis, name in zip(axes[0], panels, strict=True):
+        data = results[name]
+        if name == "scaling":
+            latency = data["latency"]
+            conc = [p["concurrency"] for p in data["points"]]
+            measured = [per_s(p["solves"], p["run"]["solve_span"]) for p in data["points"]]
+            axis.plot(conc, [c / latency for c in conc], "--", color="grey", label="ideal")
+            axis.plot(conc, measured, "o-", label="measured (real crawl)")
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.set_xlabel("CAPSOLVER_CONCURRENCY")
+            axis.set_ylabel("solves per second")
+            axis.set_title(f"Scaling, createTask latency {latency:g} s")
+            axis.set_xticks(conc, [str(c) for c in conc])
+        else:
+            samples = data["run"]["rss"]
+            axis.plot([c for c, _ in samples], [m for _, m in samples], "o-", label="RSS")
+            axis.set_ylim(0, max(m for _, m in samples) * 1.3)
+            axis.set_xlabel("solves")
+            axis.set_ylabel("resident memory, MiB")
+            axis.set_title(f"Memory, {data['image_size'] // 1000} KB images")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def without_logs(value: Any) -> Any:
+    """The measurements without the paths of run logs (temporary files)."""
+    if isinstance(value, dict):
+        return {k: without_logs(v) for k, v in value.items() if k != "log"}
+    if isinstance(value, list):
+        return [without_logs(v) for v in value]
+    return value
+
+
+def write_report(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write the page, the plot and the raw numbers beside it; return their paths."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = Report(results)
+    for name in ("concurrency", "side_by_side", "overhead", "crawl_moves", "memory", "scaling"):
+        if name in results:
+            getattr(report, name)(results[name])
+    written = []
+    image = out.with_name(out.stem + "-scaling.png")
+    if plot(results, image):
+        written.append(image)
+    out.write_text(report.markdown())
+    written.append(out)
+    raw = out.with_suffix(".json")
+    raw.write_text(json.dumps(without_logs(results), indent=1) + "\n")
+    written.append(raw)
+    return written
