@@ -5,7 +5,7 @@ from __future__ import annotations
 from scrapy.settings import BaseSettings
 
 from .middleware import CaptchaSolverMiddleware
-from .settings import ApiKey
+from .settings import mask_api_key
 
 MIDDLEWARE_PRIORITY = 543
 
@@ -18,7 +18,4 @@ class Addon:
         settings.set_in_component_priority_dict(
             "DOWNLOADER_MIDDLEWARES", CaptchaSolverMiddleware, MIDDLEWARE_PRIORITY
         )
-        key = settings.get("CAPSOLVER_API_KEY")
-        if isinstance(key, str) and key.strip():  # a blank key is refused at start, as is
-            priority = settings.getpriority("CAPSOLVER_API_KEY")
-            settings.set("CAPSOLVER_API_KEY", ApiKey(key.strip()), priority=priority or "addon")
+        mask_api_key(settings)

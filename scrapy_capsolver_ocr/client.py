@@ -12,7 +12,9 @@ from typing import Any
 
 import treq
 from hyperlink import URL
+from OpenSSL import SSL
 from scrapy.utils.defer import maybe_deferred_to_future
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -108,6 +110,20 @@ class _Endpoints:
             endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
         self._made[key] = endpoint
         return endpoint  # type: ignore[no-any-return]
+
+
+def _tls_refusal(exc: Exception) -> str:
+    """What OpenSSL or the host name check said, when the call failed on the server's
+    certificate; empty otherwise."""
+    for failure in getattr(exc, "reasons", ()):
+        error = failure.value
+        if isinstance(error, VerificationError):
+            return "it is not issued for this host name"
+        if isinstance(error, SSL.Error):
+            # args[0]: (library, function, reason) triples
+            said = [str(item[-1]) for item in error.args[0] if isinstance(item, tuple)]
+            return ", ".join(said) or str(error)
+    return ""
 
 
 class _RetryOnce(CaptchaTaskError):
@@ -213,6 +229,14 @@ class CapSolverApi:
                 "ANSWER_TOO_LARGE",
             ) from None
         except Exception as exc:
+            refused = _tls_refusal(exc)
+            if refused:
+                raise CaptchaTransientError(
+                    f"CapSolver {method} failed: the TLS certificate of {self.api_url} was "
+                    f"refused ({refused}); the key was not sent. Is a proxy intercepting "
+                    "HTTPS, or does CAPSOLVER_API_URL point at the wrong host?",
+                    "TLS_CERTIFICATE",
+                ) from None
             reason = type(exc).__name__
             raise CaptchaTransientError(
                 f"CapSolver {method} failed: {reason}: {exc}", f"CONNECTION_{reason}"

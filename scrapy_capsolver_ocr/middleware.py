@@ -19,7 +19,7 @@ from .page_captcha import SIDE_REQUEST, page_image
 from .progress import SolveProgress
 from .rejection import RejectionHandler, attempt_of, retry_condition
 from .sessions import SessionSolutions, SolvedCaptcha, session_of
-from .settings import SolverSettings
+from .settings import SolverSettings, mask_api_key
 from .solver import CaptchaSolver
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class CaptchaSolverMiddleware:
                 "API client (treq) needs a Twisted reactor. Remove the setting or set it to True."
             )
         self.crawler = crawler
+        mask_api_key(crawler.settings)  # the add-on does it too; the middleware may be alone
         self.config = SolverSettings.from_settings(crawler.settings)
         requests_cap = crawler.settings.getint("CONCURRENT_REQUESTS")
         if 0 < requests_cap < self.config.concurrency:

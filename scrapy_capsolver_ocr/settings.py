@@ -158,6 +158,24 @@ class _Reader:
         return tuple(compiled)
 
 
+def mask_api_key(settings: BaseSettings) -> None:
+    """Replace a ``str`` ``CAPSOLVER_API_KEY`` in ``settings`` with its :class:`ApiKey`, so
+    that a dump of the settings (``scrapy shell``, the telnet console, ``copy_to_dict()``)
+    shows only its last characters. A blank key is left as it is, to be refused."""
+    key = settings.get("CAPSOLVER_API_KEY")
+    if not isinstance(key, str) or not key.strip():
+        return
+    frozen = settings.frozen
+    # The middleware alone only sees the settings once Scrapy has frozen them: wrapping the
+    # key changes no value that matters, only how it prints.
+    settings.frozen = False
+    try:
+        priority = settings.getpriority("CAPSOLVER_API_KEY") or "addon"
+        settings.set("CAPSOLVER_API_KEY", ApiKey(key.strip()), priority=priority)
+    finally:
+        settings.frozen = frozen
+
+
 def _api_key(settings: BaseSettings) -> ApiKey | None:
     raw = settings.get("CAPSOLVER_API_KEY") or os.environ.get("CAPSOLVER_API_KEY")
     if not raw:
