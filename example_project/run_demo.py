@@ -36,6 +36,10 @@ from typing import IO, Any
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEMO_SITE = PROJECT_DIR / "demo_site" / "server.py"
+# Scrapy's cookie middleware looks up the public suffix list online the first time it runs
+# in an environment; the demo promises no traffic beyond loopback, so it uses the copy that
+# ships with tldextract.
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 SETTINGS_MODULE = "demo_crawler.settings"
 #: A healthy server prints its URL within a second or two; the OCR model takes longest.
 STARTUP_TIMEOUT = 60.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 from servers.process import running_server
 
 SERVERS = Path(__file__).parent / "servers"
+# Scrapy's cookie middleware would fetch the public suffix list from the internet in a new
+# environment: tests talk to 127.0.0.1 only, so they use the copy tldextract ships.
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 API_KEY = "CAP-0123456789abcdef0123456789SECRET"
 
 
