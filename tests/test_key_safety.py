@@ -27,6 +27,7 @@ from scrapy.http import Response
 from twisted.internet import ssl
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.protocols import policies
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.iweb import IPolicyForHTTPS
@@ -285,8 +286,11 @@ def https_server(tmp_path: Path) -> Iterator[tuple[str, Recorder, Path]]:
     recorder = Recorder()
     site = server.Site(recorder)
     site.noisy = False
+    # Not the Site itself: Twisted < 26 sets ALPN on the TLS context of a Site's connection
+    # after the connection is made, which pyOpenSSL 26 refuses.
+    factory = policies.WrappingFactory(site)
     tls: Any = reactor
-    port = tls.listenSSL(0, site, ServerTLS(certificate, key), interface="127.0.0.1")
+    port = tls.listenSSL(0, factory, ServerTLS(certificate, key), interface="127.0.0.1")
     yield f"https://127.0.0.1:{port.getHost().port}", recorder, pem
     port.stopListening()
 
