@@ -130,7 +130,10 @@ class CaptchaSolver:
             solution = await self._solve(image, module, score, website_url, source)
         except Exception as exc:
             self._stats.inc_value("capsolver/failed")
-            self._stats.inc_value(f"capsolver/failed/{type(exc).__name__}")
+            # By the public class a spider can catch, not a private subclass such as the
+            # retried-once task errors.
+            public = next(c for c in type(exc).__mro__ if not c.__name__.startswith("_"))
+            self._stats.inc_value(f"capsolver/failed/{public.__name__}")
             raise
         finally:
             self.in_flight -= 1

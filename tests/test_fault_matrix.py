@@ -677,6 +677,15 @@ def check_every_row(run: Run) -> None:
     assert run.stat("capsolver/task_count") <= requested * (retries + 1)
     for error in spider.errors.values():
         assert isinstance(error, run.fault.failure)
+    assert run.crawler.stats is not None
+    by_class = {
+        name.removeprefix("capsolver/failed/"): count
+        for name, count in run.crawler.stats.get_stats().items()
+        if name.startswith("capsolver/failed/")
+    }
+    # Failures are counted by the public class a spider can catch.
+    assert sum(by_class.values()) == run.stat("capsolver/failed")
+    assert all(name.startswith("Captcha") for name in by_class)
     messages = [r.getMessage() for r in run.records]
     assert not [m for m in messages if "Unhandled error" in m]
     errors = [r for r in run.records if r.levelno >= logging.ERROR]
