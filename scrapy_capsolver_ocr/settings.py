@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -14,6 +16,9 @@ from urllib.parse import urlsplit
 from scrapy.exceptions import NotConfigured
 from scrapy.settings import BaseSettings
 
+logger = logging.getLogger(__name__)
+
+PREFIX = "CAPSOLVER_"
 DEFAULT_API_URL = "https://api.capsolver.com"
 SCORE_RANGE = (0.8, 1.0)
 
@@ -94,9 +99,14 @@ class _Reader:
 
     def __init__(self, settings: BaseSettings) -> None:
         self.settings = settings
+        self.names: set[str] = set()
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        self.names.add(name)
+        return self.settings.get(name, default)
 
     def _convert(self, name: str, default: T, convert: Callable[[Any], T], allowed: str) -> T:
-        raw = self.settings.get(name, default)
+        raw = self.raw(name, default)
         if raw is None:
             return default
         try:
@@ -106,6 +116,7 @@ class _Reader:
 
     def boolean(self, name: str, default: bool) -> bool:
         allowed = "True or False"
+        self.names.add(name)
         try:
             return self.settings.getbool(name, default)
         except ValueError:
@@ -139,12 +150,13 @@ class _Reader:
         return value
 
     def optional(self, name: str, check: Callable[[str, Any], T]) -> T | None:
-        raw = self.settings.get(name)
+        raw = self.raw(name)
         if raw is None or raw == "":
             return None
         return check(name, raw)
 
     def patterns(self, name: str) -> tuple[re.Pattern[str], ...]:
+        self.names.add(name)
         try:
             raw = self.settings.getlist(name)
         except TypeError:
@@ -176,8 +188,23 @@ def mask_api_key(settings: BaseSettings) -> None:
         settings.frozen = frozen
 
 
-def _api_key(settings: BaseSettings) -> ApiKey | None:
-    raw = settings.get("CAPSOLVER_API_KEY") or os.environ.get("CAPSOLVER_API_KEY")
+def _warn_unknown(settings: BaseSettings, known: set[str]) -> None:
+    """A misspelt setting would otherwise be ignored without a word."""
+    for name in sorted(n for n in settings if str(n).startswith(PREFIX)):
+        if name not in known:
+            # Compared without the shared prefix, which would make every name look close.
+            close = difflib.get_close_matches(
+                name.removeprefix(PREFIX), [k.removeprefix(PREFIX) for k in known], n=1
+            )
+            logger.warning(
+                "Unknown setting %s is ignored%s",
+                name,
+                f" (did you mean {PREFIX}{close[0]}?)" if close else "",
+            )
+
+
+def _api_key(setting: Any) -> ApiKey | None:
+    raw = setting or os.environ.get("CAPSOLVER_API_KEY")
     if not raw:
         return None
     if isinstance(raw, ApiKey):
@@ -223,7 +250,7 @@ class SolverSettings:
         read = _Reader(settings)
         if not read.boolean("CAPSOLVER_ENABLED", True):
             raise NotConfigured("CAPSOLVER_ENABLED is False")
-        api_url = check_url("CAPSOLVER_API_URL", settings.get("CAPSOLVER_API_URL", DEFAULT_API_URL))
+        api_url = check_url("CAPSOLVER_API_URL", read.raw("CAPSOLVER_API_URL", DEFAULT_API_URL))
         if urlsplit(api_url).query or urlsplit(api_url).fragment:
             # The method name is appended to the URL: a query would swallow it.
             raise invalid("CAPSOLVER_API_URL", api_url, "a base URL without ?query or #fragment")
@@ -236,8 +263,8 @@ class SolverSettings:
                 "an https:// URL (http:// only to a loopback address, or set "
                 "CAPSOLVER_ALLOW_HTTP = True to send the key unencrypted)",
             )
-        return cls(
-            api_key=_api_key(settings),
+        config = cls(
+            api_key=_api_key(read.raw("CAPSOLVER_API_KEY")),
             api_url=api_url.rstrip("/"),
             module=read.optional("CAPSOLVER_MODULE", check_text),
             score=read.optional("CAPSOLVER_SCORE", check_score),
@@ -261,3 +288,5 @@ class SolverSettings:
             max_attempts=read.integer("CAPSOLVER_MAX_ATTEMPTS", 3, minimum=1),
             element_timeout=read.seconds("CAPSOLVER_ELEMENT_TIMEOUT", 10.0),
         )
+        _warn_unknown(settings, read.names)
+        return config

@@ -65,3 +65,17 @@ async def test_disabled_plugin_passes_responses_untouched(image_site: str) -> No
     assert spider.ended == {url: 1}
     assert spider.texts == {}
     assert stat(crawler, "capsolver/requested") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_misspelt_setting_is_named_with_a_suggestion(
+    capsolver: CapSolverMock, image_site: str, caplog: Any
+) -> None:
+    settings = solver_settings(capsolver, CAPSOLVER_TIMOUT=5, CAPSOLVER_COLOUR="blue")
+    await crawl(RecordingSpider, settings, urls=[f"{image_site}/page/1"], meta={})
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "Unknown setting CAPSOLVER_TIMOUT is ignored (did you mean CAPSOLVER_TIMEOUT?)" in (
+        warnings
+    )
+    assert "Unknown setting CAPSOLVER_COLOUR is ignored" in warnings
+    assert not [w for w in warnings if "CAPSOLVER_TIMEOUT " in w or "CAPSOLVER_API_KEY" in w]
