@@ -2,7 +2,7 @@
 overhead, the crawl moving during slow solves, memory over many solves, the scaling curve.
 
     pip install matplotlib capsolver          # the plot; the SDK for the side-by-side runs
-    python benchmarks/bench_solving.py        # about 6 minutes on 2 cores
+    python benchmarks/bench_solving.py        # about 7 minutes on 2 cores
     python benchmarks/bench_solving.py --quick
 
 It starts the CapSolver mock (tests/servers/capsolver_mock.py) and the image site
@@ -10,7 +10,8 @@ It starts the CapSolver mock (tests/servers/capsolver_mock.py) and the image sit
 (benchmarks/solving_scenarios.py) and writes docs/benchmarks.md, the plot
 docs/benchmarks-scaling.png and the raw measurements docs/benchmarks.json
 (benchmarks/solving_report.py). ``--profile FILE`` also writes a pyinstrument profile of the
-middleware's solving path (``pip install pyinstrument``). Nothing leaves the machine.
+middleware's solving path (``pip install pyinstrument``); ``--report-from JSON`` writes the
+report again from saved measurements. Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -284,45 +285,51 @@ def fastest(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def crawl_moves(bench: Bench) -> dict[str, Any]:
+    """Pages per second while slow solves wait, against the same crawl whose captcha
+    images are downloaded but not solved (the control), and against pages alone."""
     plan = bench.plan
     settings = room(plan.slow_solves)
-    baseline = bench.repeated("crawl", "page_span", pages=plan.pages, settings=settings)
-    # Slow enough that every solve is still in flight when the last page arrives: the
-    # pages start once every captcha is downloaded (its solve sent), and take about as
-    # long as they did alone.
-    slow = max(3.0, math.ceil(3 * statistics.median(baseline["all_page_span"]) * 2) / 2)
-    loaded = bench.repeated(
-        "crawl",
-        "page_span",
-        latency=slow,
-        pages=plan.pages,
-        captchas=captchas(plan.slow_solves),
-        pages_after_captchas=True,
-        settings=settings,
-    )
+    common: dict[str, Any] = {"pages": plan.pages, "settings": settings}
+    # The pages start once every captcha image is downloaded (its solve sent).
+    after: dict[str, Any] = {"captchas": captchas(plan.slow_solves), "pages_after_captchas": True}
+    pages_only = bench.repeated("crawl", "page_span", **common)
+    control = bench.repeated("crawl", "page_span", solve="none", **after, **common)
+    # Slow enough that every solve is still in flight when the last page arrives.
+    slow = max(3.0, math.ceil(3 * statistics.median(control["all_page_span"]) * 2) / 2)
+    loaded = bench.repeated("crawl", "page_span", latency=slow, **after, **common)
     return {
         "pages": plan.pages,
         "slow_solves": plan.slow_solves,
         "latency": slow,
-        "baseline": baseline,
+        "pages_only": pages_only,
+        "control": control,
         "with_solves": loaded,
     }
 
 
 def memory(bench: Bench) -> dict[str, Any]:
+    """The same crawl with the solution cache at its default size and turned off: if the
+    cache kept images, the first would grow by 1,024 of them."""
     plan = bench.plan
-    result = bench.measured(
-        "crawl",
-        captchas={"kind": "noise", "count": plan.memory_solves, "size": plan.image_size},
-        rss_every=max(1, plan.memory_solves // 20),
-        settings={**room(plan.overhead_concurrency), "CAPSOLVER_LOGSTATS_INTERVAL": 2},
-    )
-    result["progress_lines"] = progress_lines(Path(result["log"]))
+    runs = {}
+    for name, cache_size in (("default", 1024), ("cache_off", 0)):
+        runs[name] = bench.measured(
+            "crawl",
+            captchas={"kind": "noise", "count": plan.memory_solves, "size": plan.image_size},
+            rss_every=max(1, plan.memory_solves // 20),
+            settings={
+                **room(plan.overhead_concurrency),
+                "CAPSOLVER_CACHE_SIZE": cache_size,
+                "CAPSOLVER_LOGSTATS_INTERVAL": 2,
+            },
+        )
+    runs["default"]["progress_lines"] = progress_lines(Path(runs["default"]["log"]))
     return {
         "solves": plan.memory_solves,
         "image_size": plan.image_size,
         "concurrency": plan.overhead_concurrency,
-        "run": result,
+        "run": runs["default"],
+        "cache_off": runs["cache_off"],
     }
 
 
@@ -432,7 +439,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(STEPS), help="measure only these")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--profile", help="write a pyinstrument profile of the middleware here")
+    parser.add_argument(
+        "--report-from", type=Path, help="measure nothing: write the report from this JSON"
+    )
     args = parser.parse_args()
+    if args.report_from:
+        for path in write_report(json.loads(args.report_from.read_text()), args.out):
+            say(f"wrote {path}")
+        return
     plan = QUICK if args.quick else Plan()
     if args.repeat:
         plan = replace(plan, repeat=args.repeat)
