@@ -1,4 +1,4 @@
-"""One HTTP call to the CapSolver API over Twisted's HTTP client, and what its answer means.
+"""One HTTP call to the CapSolver API over treq, and what its answer means.
 
 This module makes single calls and classifies their outcome into the exceptions of
 :mod:`.errors`; retries, pacing and stats live in :mod:`.solver`, where they can be counted.
@@ -11,17 +11,15 @@ import logging
 from typing import Any
 
 import treq
-from hyperlink import URL
 from OpenSSL import SSL
 from scrapy.utils.defer import maybe_deferred_to_future
 from service_identity import VerificationError
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from .errors import (
@@ -60,34 +58,14 @@ CLOSE_ZERO_BALANCE = "capsolver_zero_balance"
 CLOSE_BLOCKED = "capsolver_blocked"
 
 
-_HEADERS = Headers({b"Content-Type": [b"application/json"], b"Accept": [b"application/json"]})
+_HEADERS: dict[bytes | str, bytes | str] = {
+    b"Content-Type": b"application/json",
+    b"Accept": b"application/json",
+}
 
 
 class _AnswerTooLarge(Exception):
     pass
-
-
-@implementer(IBodyProducer)
-class _Body:
-    """Writes the whole request body at once (treq's producer writes it from a Cooperator
-    task, one more reactor turn per call)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:  # an IConsumer
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 @implementer(IAgentEndpointFactory)
@@ -179,12 +157,11 @@ def error_for_code(code: str, description: str, status: int) -> CaptchaApiError:
 
 
 class CapSolverApi:
-    """POSTs JSON to the CapSolver API through one persistent connection pool.
+    """POSTs JSON to the CapSolver API with treq, through one persistent connection pool.
 
     TLS certificates are verified (Twisted's browser-like policy); redirects are not
-    followed, so the key in the body never goes to another host. Twisted's Agent is used
-    directly rather than through treq's client: treq parses the URL, IDNA-encodes it and
-    runs cookie and gzip layers on every call, which the API does not need.
+    followed, so the key in the body never goes to another host. treq's agent gets its
+    endpoints from :class:`_Endpoints`, made once per host rather than once per call.
     """
 
     def __init__(
@@ -198,8 +175,8 @@ class CapSolverApi:
         self._reactor: Any = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = max_connections
-        self._agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=self._pool)
-        self._urls: dict[str, bytes] = {}
+        agent: Any = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=self._pool)
+        self._http = treq.client.HTTPClient(agent)
 
     def __repr__(self) -> str:
         return f"CapSolverApi(api_url={self.api_url!r}, api_key={self.api_key!r})"
@@ -212,7 +189,7 @@ class CapSolverApi:
         if self.api_key is None:
             raise missing_key_error()
         body = json.dumps({"clientKey": self.api_key.reveal(), **payload}).encode()
-        deferred = self._post(self._url(method), body)
+        deferred = self._post(f"{self.api_url}/{method}", body)
         try:
             status, raw = await maybe_deferred_to_future(deferred)
         except CaptchaApiError:
@@ -243,14 +220,7 @@ class CapSolverApi:
             ) from None
         return self._parse(method, status, raw)
 
-    def _url(self, method: str) -> bytes:
-        url = self._urls.get(method)
-        if url is None:
-            text = URL.from_text(f"{self.api_url}/{method}").to_uri().to_text()
-            url = self._urls[method] = text.encode("ascii")
-        return url
-
-    def _post(self, url: bytes, body: bytes) -> Deferred[tuple[int, bytes]]:
+    def _post(self, url: str, body: bytes) -> Deferred[tuple[int, bytes]]:
         chunks: list[bytes] = []
         received = 0
 
@@ -265,7 +235,9 @@ class CapSolverApi:
             done = treq.collect(response, collect)
             return done.addCallback(lambda _: (response.code, b"".join(chunks)))
 
-        request: Deferred[Any] = self._agent.request(b"POST", url, _HEADERS, _Body(body))
+        request: Deferred[Any] = self._http.post(
+            url, data=body, headers=_HEADERS, allow_redirects=False
+        )
         request.addCallback(read)
         timed_out = False
 
