@@ -10,6 +10,7 @@ import pytest_twisted
 from captcha_spiders import ITEMS, PageLoginSpider
 from conftest import CapSolverMock
 from crawling import RecordingSpider, crawl, solver_settings, stat
+from scrapy.crawler import Crawler
 from servers.image_site import captcha_image
 
 from scrapy_capsolver_ocr import CaptchaImageError, CaptchaNotFoundError, CaptchaOptionsError
@@ -18,6 +19,21 @@ from scrapy_capsolver_ocr import CaptchaImageError, CaptchaNotFoundError, Captch
 def html_page(body: str) -> str:
     """A page served by Scrapy itself (a data: URL): no server needed to hold odd markup."""
     return "data:text/html;charset=utf-8," + quote(f"<html><body>{body}</body></html>")
+
+
+async def login_page_error(
+    capsolver: CapSolverMock, demo_site: str, selector: object
+) -> tuple[Crawler, BaseException]:
+    """Crawls the demo login page with ``selector`` and returns the error its errback got."""
+    crawler = await crawl(
+        RecordingSpider,
+        solver_settings(capsolver),
+        urls=[demo_site + "/login"],
+        meta={"solve_image": {"selector": selector}},
+    )
+    spider = crawler.spider
+    assert isinstance(spider, RecordingSpider)
+    return crawler, spider.errors[demo_site + "/login"]
 
 
 @pytest_twisted.ensureDeferred
@@ -111,15 +127,7 @@ async def test_selector_may_select_the_source_itself(
 async def test_page_without_the_captcha_goes_to_the_errback(
     capsolver: CapSolverMock, demo_site: str, selector: str, message: str
 ) -> None:
-    crawler = await crawl(
-        RecordingSpider,
-        solver_settings(capsolver),
-        urls=[demo_site + "/login"],
-        meta={"solve_image": {"selector": selector}},
-    )
-    spider = crawler.spider
-    assert isinstance(spider, RecordingSpider)
-    error = spider.errors[demo_site + "/login"]
+    _, error = await login_page_error(capsolver, demo_site, selector)
     assert isinstance(error, CaptchaNotFoundError)
     assert message in str(error)
     assert capsolver.calls("createTask") == []
@@ -208,15 +216,7 @@ async def test_error_page_is_not_solved_unless_the_spider_handles_its_status(
 async def test_bad_selector_fails_before_the_download(
     capsolver: CapSolverMock, demo_site: str, selector: object
 ) -> None:
-    crawler = await crawl(
-        RecordingSpider,
-        solver_settings(capsolver),
-        urls=[demo_site + "/login"],
-        meta={"solve_image": {"selector": selector}},
-    )
-    spider = crawler.spider
-    assert isinstance(spider, RecordingSpider)
-    error = spider.errors[demo_site + "/login"]
+    crawler, error = await login_page_error(capsolver, demo_site, selector)
     assert isinstance(error, CaptchaOptionsError)
     assert "selector" in str(error)
     assert stat(crawler, "downloader/request_count") == 0
