@@ -610,8 +610,11 @@ def check_pauses(run: Run) -> None:
     # The blocked call is sent again after the pause; it is not a retry.
     assert run.stat("capsolver/task_count") == REQUESTS + 1
     blocked_at = next(c["at"] for c in run.calls if answer_of(c).startswith("fx"))
-    during = [c for c in run.calls if blocked_at < c["at"] < blocked_at + pause]
-    # Only the calls already sent when the block came back: one per concurrency slot.
+    # The pause begins when the crawl reads the block, some time after the mock sent it;
+    # other calls may come and go in between. Calls that reach the mock once the pause
+    # has begun can only be those already in flight then: fewer than the slots.
+    paused_at = next(r.created for r in run.records if "All solving pauses" in r.getMessage())
+    during = [c for c in run.calls if paused_at < c["at"] < blocked_at + pause]
     assert len(during) < run.setting("CAPSOLVER_CONCURRENCY", API_CONCURRENCY)
     assert run.calls[-1]["at"] >= blocked_at + pause
 
