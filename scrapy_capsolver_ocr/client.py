@@ -23,6 +23,9 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from .errors import (
+    CLOSE_BAD_KEY,
+    CLOSE_BLOCKED,
+    CLOSE_ZERO_BALANCE,
     CaptchaAccountError,
     CaptchaApiError,
     CaptchaBlockedError,
@@ -52,11 +55,6 @@ RETRY_ONCE_CODES = frozenset({"ERROR_CAPTCHA_UNSOLVABLE", "ERROR_BAD_REQUEST"})
 BAD_KEY_CODES = frozenset({"ERROR_KEY_DENIED_ACCESS"})
 NO_MONEY_CODES = frozenset({"ERROR_ZERO_BALANCE", "ERROR_SETTLEMENT_FAILED"})
 BLOCKED_CODES = frozenset({"ERROR_KEY_TEMP_BLOCKED", "ERROR_IP_BANNED"})
-
-CLOSE_BAD_KEY = "capsolver_bad_key"
-CLOSE_ZERO_BALANCE = "capsolver_zero_balance"
-CLOSE_BLOCKED = "capsolver_blocked"
-
 
 _HEADERS: dict[bytes | str, bytes | str] = {
     b"Content-Type": b"application/json",

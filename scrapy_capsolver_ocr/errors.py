@@ -6,6 +6,12 @@ so an errback can decide with ``failure.check(...)`` whether to retry, skip or s
 
 from __future__ import annotations
 
+#: The crawl's finish reasons when solving cannot go on; static, so stats group them.
+CLOSE_BAD_KEY = "capsolver_bad_key"
+CLOSE_ZERO_BALANCE = "capsolver_zero_balance"
+CLOSE_BLOCKED = "capsolver_blocked"
+CLOSE_MAX_TASKS = "capsolver_max_tasks"
+
 
 class CaptchaSolveError(Exception):
     """Base class: a captcha could not be solved for this request."""
@@ -74,6 +80,8 @@ class CaptchaBlockedError(CaptchaAccountError):
 
 class CaptchaBudgetError(CaptchaSolveError):
     """``CAPSOLVER_MAX_TASKS`` createTask calls were made; no more are allowed in this crawl."""
+
+    close_reason = CLOSE_MAX_TASKS
 
 
 class CaptchaCrawlClosingError(CaptchaSolveError):

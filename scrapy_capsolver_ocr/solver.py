@@ -23,6 +23,7 @@ from twisted.internet.task import deferLater
 
 from .client import CapSolverApi, missing_key_error
 from .errors import (
+    CLOSE_ZERO_BALANCE,
     CaptchaAccountError,
     CaptchaApiError,
     CaptchaBlockedError,
@@ -37,8 +38,6 @@ from .settings import SolverSettings, check_score, check_text, check_url
 from .solution import CaptchaSolution
 
 logger = logging.getLogger(__name__)
-
-CLOSE_MAX_TASKS = "capsolver_max_tasks"
 
 
 class _Waiters:
@@ -373,9 +372,7 @@ class CaptchaSolver:
             logger.warning("Could not read the CapSolver balance: %s", exc)
             return None
         finally:
-            gate, self._balance_gate = self._balance_gate, None
-            if gate is not None:
-                gate.succeed(None)
+            self._open_balance_gate()
         self._stats.set_value(
             "capsolver/balance_start" if at_start else "capsolver/balance_end", value
         )
@@ -384,7 +381,7 @@ class CaptchaSolver:
                 CaptchaAccountError(
                     "The CapSolver balance is 0: top it up to solve captchas.",
                     "ERROR_ZERO_BALANCE",
-                    close_reason="capsolver_zero_balance",
+                    close_reason=CLOSE_ZERO_BALANCE,
                 )
             )
         return value
@@ -427,6 +424,9 @@ class CaptchaSolver:
     def _wake_sleepers(self) -> None:
         for sleeping in list(self._sleeping):
             sleeping.cancel()
+        self._open_balance_gate()
+
+    def _open_balance_gate(self) -> None:
         gate, self._balance_gate = self._balance_gate, None
         if gate is not None:
             gate.succeed(None)
@@ -448,15 +448,15 @@ class CaptchaSolver:
             self.config.block_window,
         )
 
-    def _fail_crawl(self, exc: CaptchaSolveError) -> None:
-        """Stop all solving for good: every later and waiting solve fails with ``exc``."""
+    def _fail_crawl(self, exc: CaptchaAccountError | CaptchaBudgetError) -> None:
+        """Stop all solving for good: every later and waiting solve fails with ``exc``, and
+        the crawl closes with its ``close_reason``."""
         if self._fatal is not None:
             return
         self._fatal = exc
-        reason = getattr(exc, "close_reason", "") or CLOSE_MAX_TASKS
         logger.error("%s", exc)
         self._wake_sleepers()
-        self._on_fatal(reason)
+        self._on_fatal(exc.close_reason)
 
     async def close(self) -> None:
         """Fail what still waits and close the connection pool (the crawl has ended)."""
