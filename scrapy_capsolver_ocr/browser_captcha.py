@@ -18,7 +18,7 @@ from .errors import (
     CaptchaNotFoundError,
     CaptchaOptionsError,
 )
-from .page_captcha import is_displayed
+from .page_captcha import check_displayed, http_url
 
 if TYPE_CHECKING:
     from playwright.async_api import Locator, Page
@@ -127,12 +127,7 @@ async def solve_browser_response(
                 "screenshot: scrapy-playwright did not handle it. Set DOWNLOAD_HANDLERS for "
                 "http and https to scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler."
             )
-        if not is_displayed(request, response, crawler):
-            raise CaptchaImageError(
-                f"The page {response.url} got HTTP {response.status}; its captcha is solved "
-                "only for statuses the spider handles (handle_httpstatus_list, "
-                "HTTPERROR_ALLOWED_CODES)."
-            )
+        check_displayed(request, response, crawler)
         if page is not None:
             return await solve_page_captcha(
                 page,
@@ -148,7 +143,7 @@ async def solve_browser_response(
             capture.result,
             module=options.module,
             score=options.score,
-            website_url=options.website_url or _http_url(response.url),
+            website_url=options.website_url or http_url(response.url),
             source=f"{options.selector!r} on {response.url}",
         )
     except BaseException:
@@ -202,7 +197,7 @@ async def solve_page_captcha(
         image,
         module=module,
         score=score,
-        website_url=website_url or _http_url(page.url),
+        website_url=website_url or http_url(page.url),
         source=f"{selector!r} on {page.url}",
     )
     logger.debug("Solved the captcha %r on %s as %r", selector, page.url, solution.text)
@@ -292,8 +287,3 @@ def _message(exc: BaseException) -> str:
     """The first line of a Playwright error (the rest is a call log)."""
     message = getattr(exc, "message", "") or str(exc)
     return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-
-
-def _http_url(url: str) -> str | None:
-    """``url`` when CapSolver can take it as ``websiteURL`` (not about:blank, data:, ...)."""
-    return url if url.startswith(("http://", "https://")) else None

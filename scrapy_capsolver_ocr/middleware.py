@@ -11,11 +11,10 @@ from scrapy.http import Response
 from scrapy.utils.defer import deferred_from_coro
 
 from .browser_captcha import check_request, solve_browser_response
-from .errors import CaptchaImageError
 from .images import image_type
 from .injection import INJECTED, CaptchaInjector
 from .options import SolveOptions, solve_options
-from .page_captcha import SIDE_REQUEST, page_image
+from .page_captcha import SIDE_REQUEST, check_image_status, http_url, page_image
 from .progress import SolveProgress
 from .rejection import RejectionHandler, attempt_of, retry_condition
 from .sessions import SessionSolutions, SolvedCaptcha, session_of
@@ -100,10 +99,8 @@ class CaptchaSolverMiddleware:
         image, source = await self._captcha_image(request, response, options)
         order = next(self._image_order)
         website_url = options.website_url
-        # Page mode: the page the captcha is on (not a data: or file: URL, useless to CapSolver).
-        page_url = response.url if response.url.startswith(("http://", "https://")) else None
         if website_url is None and options.selector is not None:
-            website_url = page_url
+            website_url = http_url(response.url)  # page mode: the page the captcha is on
         if website_url is None and request.headers.get("Referer"):
             website_url = request.headers.to_unicode_dict()["Referer"]
         solution = await self.solver.solve(
@@ -152,10 +149,7 @@ class CaptchaSolverMiddleware:
         """The captcha image to solve, and where it came from (for messages)."""
         if options.selector is not None:
             return await page_image(self.crawler, request, response, options.selector)
-        if not 200 <= response.status < 300:
-            raise CaptchaImageError(
-                f"The captcha request {response.url} got HTTP {response.status}, not an image."
-            )
+        check_image_status(response, f"The captcha request {response.url}")
         return response.body, response.url
 
     def _spider_opened(self, spider: Spider) -> None:

@@ -16,7 +16,7 @@ from scrapy import Request
 from scrapy.http import Response, TextResponse
 from scrapy.utils.defer import maybe_deferred_to_future
 
-from .errors import CaptchaImageError, CaptchaNotFoundError, CaptchaOptionsError
+from .errors import CaptchaImageError, CaptchaNotFoundError
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -30,14 +30,31 @@ _PAGE_ONLY_HEADERS = (b"Cookie", b"Content-Type", b"Content-Length", b"Accept")
 _IMAGE_ACCEPT = b"image/avif,image/webp,image/png,image/*;q=0.8,*/*;q=0.5"
 
 
-def is_displayed(request: Request, response: Response, crawler: Crawler) -> bool:
-    """Whether the spider will get this page: a 2xx, or a status it allowed."""
+def check_displayed(request: Request, response: Response, crawler: Crawler) -> None:
+    """Raise :class:`CaptchaImageError` unless the spider will get this page: a 2xx, or a
+    status it allowed. The captcha of a page nobody sees is not worth paying for."""
     if 200 <= response.status < 300 or request.meta.get("handle_httpstatus_all"):
-        return True
+        return
     allowed = request.meta.get("handle_httpstatus_list")
     if allowed is None:
         allowed = crawler.settings.getlist("HTTPERROR_ALLOWED_CODES")
-    return response.status in {int(code) for code in allowed}
+    if response.status not in {int(code) for code in allowed}:
+        raise CaptchaImageError(
+            f"The page {response.url} got HTTP {response.status}; its captcha is solved only "
+            "for statuses the spider handles (handle_httpstatus_list, HTTPERROR_ALLOWED_CODES)."
+        )
+
+
+def check_image_status(image: Response, described: str) -> None:
+    """Raise :class:`CaptchaImageError` when the captcha's download got an HTTP error:
+    its body is an error page, not the image."""
+    if not 200 <= image.status < 300:
+        raise CaptchaImageError(f"{described} got HTTP {image.status}, not an image.")
+
+
+def http_url(url: str) -> str | None:
+    """``url`` when CapSolver can take it as ``websiteURL`` (not about:blank, data:, ...)."""
+    return url if url.startswith(("http://", "https://")) else None
 
 
 def image_source(response: Response, selector: str) -> str:
@@ -48,10 +65,7 @@ def image_source(response: Response, selector: str) -> str:
             f"The response from {response.url} is not an HTML page, so the captcha element "
             f"{selector!r} cannot be looked up in it."
         )
-    try:
-        found = response.css(selector)
-    except SyntaxError as exc:  # checked with the options already; kept for subclasses
-        raise CaptchaOptionsError(f"{selector!r} is not a valid CSS selector: {exc}") from None
+    found = response.css(selector)  # a valid selector: options.py checked it
     if not found:
         raise CaptchaNotFoundError(f"No element matches {selector!r} on {response.url}.")
     first = found[0]
@@ -115,11 +129,7 @@ async def page_image(
     Raises :class:`CaptchaNotFoundError` when there is no such image, and
     :class:`CaptchaImageError` when it cannot be had.
     """
-    if not is_displayed(request, response, crawler):
-        raise CaptchaImageError(
-            f"The page {response.url} got HTTP {response.status}; its captcha is solved only "
-            "for statuses the spider handles (handle_httpstatus_list, HTTPERROR_ALLOWED_CODES)."
-        )
+    check_displayed(request, response, crawler)
     source = image_source(response, selector)
     if source.startswith("data:"):
         return decode_data_uri(source, response.url), f"the data: URI on {response.url}"
@@ -130,8 +140,5 @@ async def page_image(
             f"Could not download the captcha {source} of {response.url}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    if not 200 <= image.status < 300:
-        raise CaptchaImageError(
-            f"The captcha {source} of {response.url} got HTTP {image.status}, not an image."
-        )
+    check_image_status(image, f"The captcha {source} of {response.url}")
     return image.body, image.url
