@@ -75,7 +75,7 @@ def run(name: str, config: SolverSettings, command: Command) -> int:
             line = await command(solver)
         # ValueError: an option the solver refused.
         except (CaptchaSolveError, ValueError) as exc:
-            _fail(name, str(exc))
+            raise SystemExit(report_failure(name, str(exc))) from None
         finally:
             await solver.close()
         print(line, flush=True)
@@ -87,6 +87,8 @@ def run(name: str, config: SolverSettings, command: Command) -> int:
     return 0  # pragma: no cover - react() never returns
 
 
-def _fail(name: str, message: str) -> None:
+def report_failure(name: str, message: str) -> int:
+    """Print ``scrapy-capsolver-ocr NAME: message`` as one line on stderr; return the exit
+    status of a failed command."""
     print(f"scrapy-capsolver-ocr {name}: {' '.join(message.split())}", file=sys.stderr)
-    raise SystemExit(1)
+    return 1

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, TypeVar, cast
 
 from scrapy_capsolver_ocr import api_commands, ocr_server
 from scrapy_capsolver_ocr.settings import (
@@ -29,6 +29,8 @@ API_KEY_ENV = "CAPSOLVER_API_KEY"
 API_URL_ENV = "CAPSOLVER_API_URL"
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,9 +101,11 @@ def _add_solve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "image", metavar="IMAGE", help="a PNG, JPEG, GIF, BMP or WEBP file; - reads stdin"
     )
     solve.add_argument(
-        "--module", type=_text("--module"), help="CapSolver module: common, number, ..."
+        "--module",
+        type=_checked("--module", check_text),
+        help="CapSolver module: common, number, ...",
     )
-    solve.add_argument("--score", type=_score, help="0.8 .. 1.0")
+    solve.add_argument("--score", type=_checked("--score", check_score), help="0.8 .. 1.0")
     solve.add_argument(
         "--retries",
         type=_non_negative_int,
@@ -172,16 +176,14 @@ def _fail(command: str, exc: Exception) -> int:
     message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     if isinstance(exc, OSError) and exc.filename:
         message = f"{exc.filename}: {message}"
-    print(f"scrapy-capsolver-ocr {command}: {message}", file=sys.stderr)
-    return 1
+    return api_commands.report_failure(command, message)
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
         engine = ocr_server.DdddOcrEngine()
     except ocr_server.OcrUnavailableError as exc:
-        print(f"scrapy-capsolver-ocr serve: {exc}", file=sys.stderr)
-        return 1
+        return _fail("serve", exc)
     _configure_logging(args.log_level)
     from twisted.internet.error import CannotListenError
 
@@ -194,8 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
             require_key=args.require_key,
         )
     except CannotListenError as exc:
-        print(f"scrapy-capsolver-ocr serve: {exc}", file=sys.stderr)
-        return 1
+        return _fail("serve", exc)
     return 0
 
 
@@ -210,21 +211,17 @@ def _configure_logging(level: str) -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
-def _text(option: str) -> Callable[[str], str]:
-    def check(text: str) -> str:
+def _checked(option: str, check: Callable[[str, Any], T]) -> Callable[[str], T]:
+    """An argparse ``type`` from one of the settings' checks, so an option and its setting
+    accept the same values and say so in the same words."""
+
+    def convert(text: str) -> T:
         try:
-            return check_text(option, text)
+            return check(option, text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
-    return check
-
-
-def _score(text: str) -> float:
-    try:
-        return check_score("--score", text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
 def _seconds(text: str) -> float:
