@@ -12,6 +12,7 @@ from .errors import (
     CaptchaBlockedError,
     CaptchaBudgetError,
     CaptchaCrawlClosingError,
+    CaptchaFleetError,
     CaptchaImageError,
     CaptchaInjectionError,
     CaptchaNotFoundError,
@@ -36,6 +37,7 @@ __all__ = [
     "CaptchaBlockedError",
     "CaptchaBudgetError",
     "CaptchaCrawlClosingError",
+    "CaptchaFleetError",
     "CaptchaImageError",
     "CaptchaInjectionError",
     "CaptchaNotFoundError",
@@ -56,11 +58,12 @@ __all__ = [
 def get_solver(crawler: Crawler) -> CaptchaSolver:
     """The running crawl's :class:`CaptchaSolver`, to solve images a spider obtained
     itself: ``solution = await get_solver(self.crawler).solve(png_bytes)``."""
-    engine = crawler.engine
-    if engine is not None:
-        for middleware in engine.downloader.middleware.middlewares:
-            if isinstance(middleware, CaptchaSolverMiddleware):
-                return middleware.solver
+    try:
+        middleware = crawler.get_downloader_middleware(CaptchaSolverMiddleware)
+    except RuntimeError:  # the engine does not exist yet
+        middleware = None
+    if middleware is not None:
+        return middleware.solver
     raise RuntimeError(
         "CaptchaSolverMiddleware is not enabled in this crawl: add "
         "ADDONS = {'scrapy_capsolver_ocr.Addon': 500} to the settings."

@@ -22,13 +22,11 @@ from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnec
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from .api_errors import error_for_code
 from .errors import (
     CLOSE_BAD_KEY,
-    CLOSE_BLOCKED,
-    CLOSE_ZERO_BALANCE,
     CaptchaAccountError,
     CaptchaApiError,
-    CaptchaBlockedError,
     CaptchaTaskError,
     CaptchaTimeoutError,
     CaptchaTransientError,
@@ -40,21 +38,13 @@ logger = logging.getLogger(__name__)
 # An API answer is a few hundred bytes; anything far larger is a broken proxy or server,
 # and reading it whole would let one bad answer take the crawl's memory.
 MAX_ANSWER_SIZE = 1_048_576
-
-TRANSIENT_CODES = frozenset(
-    {
-        "ERROR_SERVICE_UNAVALIABLE",
-        "ERROR_SERVICE_UNAVAILABLE",
-        "ERROR_RATE_LIMIT",
-        "ERROR_TASK_TIMEOUT",
-    }
-)
-# Worth one more try, not more: CapSolver does not charge for them, but repeating the same
-# image rarely changes the outcome.
-RETRY_ONCE_CODES = frozenset({"ERROR_CAPTCHA_UNSOLVABLE", "ERROR_BAD_REQUEST"})
-BAD_KEY_CODES = frozenset({"ERROR_KEY_DENIED_ACCESS"})
-NO_MONEY_CODES = frozenset({"ERROR_ZERO_BALANCE", "ERROR_SETTLEMENT_FAILED"})
-BLOCKED_CODES = frozenset({"ERROR_KEY_TEMP_BLOCKED", "ERROR_IP_BANNED"})
+#: Characters of an error answer's errorCode and errorDescription kept for messages.
+MAX_CODE = 64
+MAX_DESCRIPTION = 200
+#: The calls that may be billed: never sent a second time by the client itself.
+_PAID_METHODS = frozenset({"createTask"})
+#: A pooled connection the server had closed: the request never reached it.
+_STALE_CONNECTION = "CONNECTION_ResponseNeverReceived"
 
 _HEADERS: dict[bytes | str, bytes | str] = {
     b"Content-Type": b"application/json",
@@ -102,55 +92,11 @@ def _tls_refusal(exc: Exception) -> str:
     return ""
 
 
-class _RetryOnce(CaptchaTaskError):
-    retry_limit = 1
-
-
 def missing_key_error() -> CaptchaAccountError:
     return CaptchaAccountError(
         "No CapSolver API key: set the CAPSOLVER_API_KEY setting or environment variable.",
         error_code="MISSING_KEY",
         close_reason=CLOSE_BAD_KEY,
-    )
-
-
-def error_for_code(code: str, description: str, status: int) -> CaptchaApiError:
-    """The exception for an answer with ``errorId`` != 0 (or HTTP 401)."""
-    said = f"CapSolver answered {code or f'HTTP {status}'}"
-    if description:
-        said += f" ({description})"
-    if code in BAD_KEY_CODES or (status == 401 and code not in BLOCKED_CODES):
-        return CaptchaAccountError(
-            f"{said}: the API key was refused; check CAPSOLVER_API_KEY.",
-            code or "HTTP_401",
-            description,
-            close_reason=CLOSE_BAD_KEY,
-        )
-    if code in NO_MONEY_CODES:
-        return CaptchaAccountError(
-            f"{said}: the account has no balance left; top it up to go on solving.",
-            code,
-            description,
-            close_reason=CLOSE_ZERO_BALANCE,
-        )
-    if code in BLOCKED_CODES:
-        return CaptchaBlockedError(
-            f"{said}: CapSolver blocked the key or this IP for a while after too many "
-            "errors; solving pauses for CAPSOLVER_BLOCK_PAUSE seconds.",
-            code,
-            description,
-            close_reason=CLOSE_BLOCKED,
-        )
-    if code in TRANSIENT_CODES:
-        return CaptchaTransientError(
-            f"{said}: the service is busy; retried with backoff.", code, description
-        )
-    if code in RETRY_ONCE_CODES:
-        return _RetryOnce(f"{said}: this image could not be solved.", code, description)
-    return CaptchaTaskError(
-        f"{said}: CapSolver refused this task; check the image and the task options.",
-        code,
-        description,
     )
 
 
@@ -160,6 +106,8 @@ class CapSolverApi:
     TLS certificates are verified (Twisted's browser-like policy); redirects are not
     followed, so the key in the body never goes to another host. treq's agent gets its
     endpoints from :class:`_Endpoints`, made once per host rather than once per call.
+    No text that leaves this class quotes an answer's body, and the key's value is scrubbed
+    from every message: a proxy that echoes the request would otherwise show the key.
     """
 
     def __init__(
@@ -182,16 +130,28 @@ class CapSolverApi:
     async def call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST ``payload`` plus the key to ``/method`` and return the answer's JSON object.
 
-        Raises a :class:`CaptchaApiError` subclass on any failure.
+        Raises a :class:`CaptchaApiError` subclass on any failure. A call other than
+        createTask that went out on a pooled connection the server had already closed is
+        sent once more on a fresh one: the solver does not retry those calls, and they are
+        never paid for.
         """
         if self.api_key is None:
             raise missing_key_error()
+        try:
+            return await self._call(method, payload)
+        except CaptchaTransientError as exc:
+            if method in _PAID_METHODS or exc.error_code != _STALE_CONNECTION:
+                raise
+        logger.debug("CapSolver %s met a closed pooled connection; sending it again", method)
+        await maybe_deferred_to_future(self._pool.closeCachedConnections())
+        return await self._call(method, payload)
+
+    async def _call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self.api_key is not None
         body = json.dumps({"clientKey": self.api_key.reveal(), **payload}).encode()
         deferred = self._post(f"{self.api_url}/{method}", body)
         try:
             status, raw = await maybe_deferred_to_future(deferred)
-        except CaptchaApiError:
-            raise
         except TimeoutError:
             raise CaptchaTimeoutError(
                 f"CapSolver {method} took longer than CAPSOLVER_TIMEOUT ({self.timeout:g} s).",
@@ -204,19 +164,36 @@ class CapSolverApi:
                 "ANSWER_TOO_LARGE",
             ) from None
         except Exception as exc:
-            refused = _tls_refusal(exc)
-            if refused:
-                raise CaptchaTransientError(
-                    f"CapSolver {method} failed: the TLS certificate of {self.api_url} was "
-                    f"refused ({refused}); the key was not sent. Is a proxy intercepting "
-                    "HTTPS, or does CAPSOLVER_API_URL point at the wrong host?",
-                    "TLS_CERTIFICATE",
-                ) from None
-            reason = type(exc).__name__
-            raise CaptchaTransientError(
-                f"CapSolver {method} failed: {reason}: {exc}", f"CONNECTION_{reason}"
-            ) from None
-        return self._parse(method, status, raw)
+            raise self._transport_error(method, exc) from None
+        try:
+            return self._parse(method, status, raw)
+        except CaptchaApiError as exc:
+            raise self._scrubbed(exc) from None
+
+    def _transport_error(self, method: str, exc: Exception) -> CaptchaTransientError:
+        refused = _tls_refusal(exc)
+        if refused:
+            return CaptchaTransientError(
+                f"CapSolver {method} failed: the TLS certificate of {self.api_url} was "
+                f"refused ({refused}); the key was not sent. Is a proxy intercepting "
+                "HTTPS, or does CAPSOLVER_API_URL point at the wrong host?",
+                "TLS_CERTIFICATE",
+            )
+        reason = type(exc).__name__
+        return CaptchaTransientError(
+            self._scrub(f"CapSolver {method} failed: {reason}: {exc}"), f"CONNECTION_{reason}"
+        )
+
+    def _scrub(self, text: str) -> str:
+        assert self.api_key is not None
+        secret = self.api_key.reveal()
+        return text.replace(secret, repr(self.api_key)) if secret else text
+
+    def _scrubbed(self, exc: CaptchaApiError) -> CaptchaApiError:
+        """``exc`` with the key's value taken out of its message and description."""
+        exc.args = tuple(self._scrub(arg) if isinstance(arg, str) else arg for arg in exc.args)
+        exc.description = self._scrub(exc.description)
+        return exc
 
     def _post(self, url: str, body: bytes) -> Deferred[tuple[int, bytes]]:
         chunks: list[bytes] = []
@@ -260,26 +237,27 @@ class CapSolverApi:
     def _parse(method: str, status: int, raw: bytes) -> dict[str, Any]:
         try:
             answer = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             answer = None
         if not isinstance(answer, dict):
             if status == 401:
                 raise error_for_code("", "", status)
+            # The body itself is never quoted: a proxy may echo the request, key included.
             said = (
-                f"CapSolver {method} answered HTTP {status} with a body that is not a JSON "
-                f"object: {raw[:80].decode('utf-8', 'replace')!r}"
+                f"CapSolver {method} answered HTTP {status} with {len(raw)} bytes that are "
+                "not a JSON object"
             )
             if 400 <= status < 500 and status != 429:
                 # Another client error will not go away by asking again: most often
                 # CAPSOLVER_API_URL points at something that is not the API.
                 raise CaptchaTaskError(f"{said}; check CAPSOLVER_API_URL.", f"HTTP_{status}")
             code = f"HTTP_{status}" if status >= 400 else "NOT_JSON"
-            raise CaptchaTransientError(said, code)
+            raise CaptchaTransientError(f"{said}.", code)
         error_id = answer.get("errorId")
         if error_id not in (0, None) or (error_id is None and status >= 400):
             raise error_for_code(
-                str(answer.get("errorCode") or ""),
-                str(answer.get("errorDescription") or ""),
+                _answer_text(answer.get("errorCode")),
+                _answer_text(answer.get("errorDescription"), MAX_DESCRIPTION),
                 status,
             )
         if status == 401:
@@ -297,3 +275,12 @@ class CapSolverApi:
 
     async def close(self) -> None:
         await maybe_deferred_to_future(self._pool.closeCachedConnections())
+
+
+def _answer_text(value: Any, limit: int = MAX_CODE) -> str:
+    """A string field of an error answer, as text of at most ``limit`` characters: the
+    message and the log line that quote it stay short whatever the server sent."""
+    if not isinstance(value, str) or not value:
+        return ""
+    text = " ".join(value.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -6,6 +6,10 @@ so an errback can decide with ``failure.check(...)`` whether to retry, skip or s
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger(__name__)
+
 #: The crawl's finish reasons when solving cannot go on; static, so stats group them.
 CLOSE_BAD_KEY = "capsolver_bad_key"
 CLOSE_ZERO_BALANCE = "capsolver_zero_balance"
@@ -36,15 +40,21 @@ class CaptchaApiError(CaptchaSolveError):
 
     ``error_code`` is CapSolver's ``errorCode`` (or a transport reason such as
     ``HTTP_503``); ``retry_limit`` is how many times such a failure may be retried
-    (``None``: up to ``CAPSOLVER_MAX_RETRIES``).
+    (``None``: up to ``CAPSOLVER_MAX_RETRIES``), from the table in :mod:`.api_errors`.
     """
 
-    retry_limit: int | None = 0
-
-    def __init__(self, message: str, error_code: str = "", description: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        error_code: str = "",
+        description: str = "",
+        *,
+        retry_limit: int | None = 0,
+    ) -> None:
         super().__init__(message)
         self.error_code = error_code
         self.description = description
+        self.retry_limit = retry_limit
 
 
 class CaptchaTaskError(CaptchaApiError):
@@ -55,11 +65,25 @@ class CaptchaTransientError(CaptchaApiError):
     """A transient failure (busy service, rate limit, HTTP 5xx, connection trouble) that
     persisted through every retry."""
 
-    retry_limit = None
+    def __init__(
+        self,
+        message: str,
+        error_code: str = "",
+        description: str = "",
+        *,
+        retry_limit: int | None = None,
+    ) -> None:
+        super().__init__(message, error_code, description, retry_limit=retry_limit)
 
 
 class CaptchaTimeoutError(CaptchaTransientError):
     """The API call took longer than ``CAPSOLVER_TIMEOUT`` seconds, on every attempt."""
+
+
+class CaptchaFleetError(CaptchaTransientError):
+    """Fleet mode: the shared state (Redis at ``CAPSOLVER_REDIS_URL``) could not be
+    reached through every retry. Nothing was paid without it: the budget is never
+    bypassed."""
 
 
 class CaptchaAccountError(CaptchaApiError):
@@ -69,7 +93,7 @@ class CaptchaAccountError(CaptchaApiError):
     def __init__(
         self, message: str, error_code: str = "", description: str = "", close_reason: str = ""
     ) -> None:
-        super().__init__(message, error_code, description)
+        super().__init__(message, error_code, description, retry_limit=0)
         self.close_reason = close_reason
 
 
@@ -94,3 +118,16 @@ class CaptchaRejectedError(CaptchaSolveError):
 
 class CaptchaInjectionError(CaptchaSolveError):
     """The solved text could not be put into the follow-up request."""
+
+
+def unexpected_error(exc: Exception, source: str) -> CaptchaSolveError:
+    """What an errback gets for an error that is no captcha failure but a bug: still a
+    :class:`CaptchaSolveError`, with the original as its ``__cause__`` and in the log."""
+    logger.error(
+        "Unexpected error while solving the captcha of %s",
+        source,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    return CaptchaSolveError(
+        f"Unexpected {type(exc).__name__} while solving the captcha of {source}"
+    )

@@ -3,62 +3,60 @@
 The text goes into the urlencoded body of a POST form, the query string of a GET form, or a
 top-level key of a JSON body. Only that field changes: the other fields keep their order
 and their bytes, so the site sees the form exactly as the spider built it.
+
+The answer is bound to the form when Scrapy schedules it, and travels in its meta as a
+picklable :class:`BoundAnswer`: a form waiting in a ``JOBDIR`` queue keeps its answer (and
+the captcha request to send again if the site refuses it) across a pause and a resume.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, unquote_plus, urlsplit, urlunsplit
 
 from scrapy import Request
 from scrapy.http import JsonRequest
 from scrapy.statscollectors import StatsCollector
+from scrapy.utils.request import request_from_dict
 
-from .errors import CaptchaInjectionError, CaptchaOptionsError
-from .sessions import SessionSolutions, SolvedCaptcha, session_of
+from .errors import CaptchaInjectionError
+from .request_meta import CaptchaMeta
+from .sessions import MAX_SESSIONS, SessionSolutions
 from .solution import CaptchaSolution
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
 
-#: Meta key of a request that already carries its answer: set on the request sent in place
-#: of the spider's, and kept through redirects and retries of it, which must not take a
-#: second solution. Removed before the spider sees the response.
-INJECTED = "_capsolver_injected"
+#: Meta key of a ``captcha_field`` request's :class:`BoundAnswer`. Kept through redirects
+#: and retries of the request, which must not take a second answer; removed before the
+#: spider sees the response.
+ANSWER = "_capsolver_answer"
+#: Characters of an answer shown in a log line.
+LOGGED_TEXT = 40
 
 
 @dataclass(frozen=True)
-class Injected:
-    """What was put into a request: the text, and the solve it came from when known."""
+class BoundAnswer:
+    """The answer bound to one form request."""
 
     text: str
+    #: The solve it came from, when known (for feedbackTask).
     solution: CaptchaSolution | None
-    solved: SolvedCaptcha | None
-
-
-def captcha_field(meta: dict[str, Any]) -> str | None:
-    value = meta.get("captcha_field")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise CaptchaOptionsError(
-            f"meta['captcha_field'] must be the name of a form field, not {value!r}"
-        )
-    return value
-
-
-def chosen_solution(meta: dict[str, Any]) -> CaptchaSolution | str | None:
-    value = meta.get("captcha_solution")
-    if value is None or isinstance(value, CaptchaSolution):
-        return value
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    raise CaptchaOptionsError(
-        "meta['captcha_solution'] must be a CaptchaSolution or a non-empty str, "
-        f"not {type(value).__name__}"
-    )
+    #: Which attempt at the captcha chain it answers.
+    attempt: int
+    #: The request that brought the captcha, to send again if the site refuses the answer:
+    #: ``Request.to_dict()`` (survives a JOBDIR resume), or the number of a request kept in
+    #: this process when it cannot be serialized; None when not solved in the crawl.
+    origin: dict[str, Any] | int | None
+    #: The answer is in the request's body or URL already.
+    in_body: bool = False
 
 
 def _set_pair(encoded: str, field: str, value: str, encoding: str) -> str:
@@ -95,9 +93,9 @@ def with_answer(request: Request, field: str, text: str) -> Request:
     if request.body and (media_type == "application/json" or media_type.endswith("+json")):
         try:
             data = json.loads(request.body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise CaptchaInjectionError(
-                f"The JSON body of {request.url} does not parse ({exc}); "
+                f"The JSON body of {request.url} does not parse ({type(exc).__name__}); "
                 f"cannot set {field!r} in it."
             ) from None
         if not isinstance(data, dict):
@@ -121,42 +119,90 @@ def with_answer(request: Request, field: str, text: str) -> Request:
 
 
 class CaptchaInjector:
-    """Gives each request with ``captcha_field`` its answer, once, just before it is sent."""
+    """Binds each ``captcha_field`` request to its answer, once, and puts it in just
+    before the request is sent."""
 
-    def __init__(self, sessions: SessionSolutions, stats: StatsCollector) -> None:
+    def __init__(self, crawler: Crawler, sessions: SessionSolutions, stats: StatsCollector) -> None:
+        self._crawler = crawler
         self._sessions = sessions
         self._stats = stats
+        # Captcha requests that Request.to_dict() cannot serialize (a callback that is not
+        # a spider method): kept here, as many as the sessions keep answers for.
+        self._unserializable: OrderedDict[int, Request] = OrderedDict()
+        self._numbers = itertools.count()
 
-    def process_request(self, request: Request) -> Request | None:
-        """The request to send instead of ``request`` (Scrapy schedules it again), or None
-        when there is nothing to put in. Raises a :class:`CaptchaSolveError`."""
-        field = captcha_field(request.meta)
-        chosen = chosen_solution(request.meta)
-        if field is None or INJECTED in request.meta:
+    def bind(self, request: Request, parsed: CaptchaMeta) -> BoundAnswer | None:
+        """Bind ``request`` to its answer in its meta; None (and nothing bound) when its
+        session has no answer to give it yet."""
+        if parsed.field is None or ANSWER in request.meta:
             return None
-        session = session_of(request)
-        if chosen is None:
-            solved = self._sessions.newest_unused(session)
+        if parsed.chosen is None:
+            solved = self._sessions.newest_unused(parsed.session)
             if solved is None:
-                raise CaptchaInjectionError(
-                    f"No solved captcha to put into {field!r} of {request.url}: every "
-                    f"captcha solved in session (cookiejar) {session!r} is used already, or "
-                    "none was solved. Request the captcha with solve_image first, in the same "
-                    "cookiejar, or pass meta['captcha_solution']."
-                )
+                return None
             solution: CaptchaSolution | None = solved.solution
             text = solved.solution.text
         else:
-            solved = self._sessions.find(session, chosen)
-            if isinstance(chosen, CaptchaSolution):
-                solution = chosen
+            solved = self._sessions.find(parsed.session, parsed.chosen)
+            if isinstance(parsed.chosen, CaptchaSolution):
+                solution = parsed.chosen
             else:
                 solution = solved.solution if solved is not None else None
-            text = str(chosen)
-        sent = with_answer(request, field, text)
+            text = str(parsed.chosen)
+        bound = BoundAnswer(
+            text=text,
+            solution=solution,
+            attempt=solved.attempt if solved is not None else parsed.attempt,
+            origin=self._keep_origin(solved.origin) if solved is not None else None,
+        )
         if solved is not None:
             solved.used = True
-        sent.meta[INJECTED] = Injected(text, solution, solved)
+        request.meta[ANSWER] = bound
+        return bound
+
+    def process_request(self, request: Request, parsed: CaptchaMeta) -> Request | None:
+        """The request to send instead of ``request`` (Scrapy schedules it again), or None
+        when there is nothing to put in. Raises a :class:`CaptchaSolveError`."""
+        if parsed.field is None:
+            return None
+        bound: BoundAnswer | None = request.meta.get(ANSWER) or self.bind(request, parsed)
+        if bound is None:
+            raise CaptchaInjectionError(
+                f"No solved captcha to put into {parsed.field!r} of {request.url}: every "
+                f"captcha solved in session (cookiejar) {parsed.session!r} is used already, "
+                "or none was solved. Request the captcha with solve_image first, in the same "
+                "cookiejar, or pass meta['captcha_solution']."
+            )
+        if bound.in_body:
+            return None
+        sent = with_answer(request, parsed.field, bound.text)
+        sent.meta[ANSWER] = replace(bound, in_body=True)
         self._stats.inc_value("capsolver/injected")
-        logger.debug("Put the captcha answer %r into %r of %s", text, field, request.url)
+        logger.debug(
+            "Put the captcha answer %r into %r of %s",
+            bound.text[:LOGGED_TEXT],
+            parsed.field,
+            request.url,
+        )
         return sent
+
+    def _keep_origin(self, origin: Request | None) -> dict[str, Any] | int | None:
+        if origin is None:
+            return None
+        try:
+            return origin.to_dict(spider=self._crawler.spider)
+        except ValueError:  # a callback that is not a method of the spider
+            number = next(self._numbers)
+            self._unserializable[number] = origin
+            while len(self._unserializable) > MAX_SESSIONS:
+                self._unserializable.popitem(last=False)
+            return number
+
+    def origin_of(self, bound: BoundAnswer) -> Request | None:
+        """The captcha request of ``bound``, or None when it is not known (not solved in
+        the crawl, or kept in a process that has stopped)."""
+        if isinstance(bound.origin, dict):
+            return request_from_dict(bound.origin, spider=self._crawler.spider)
+        if isinstance(bound.origin, int):
+            return self._unserializable.get(bound.origin)
+        return None

@@ -5,26 +5,38 @@ from __future__ import annotations
 import itertools
 import logging
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from scrapy import Request, Spider, signals
 from scrapy.http import Response
 from scrapy.utils.defer import deferred_from_coro
+from twisted.internet.defer import CancelledError
 
 from .browser_captcha import check_request, solve_browser_response
+from .errors import CaptchaImageError, CaptchaOptionsError, CaptchaSolveError, unexpected_error
 from .images import image_type
-from .injection import INJECTED, CaptchaInjector
-from .options import SolveOptions, solve_options
+from .injection import ANSWER, LOGGED_TEXT, CaptchaInjector
+from .options import SolveOptions
 from .page_captcha import SIDE_REQUEST, check_image_status, http_url, page_image
 from .progress import SolveProgress
-from .rejection import RejectionHandler, attempt_of, retry_condition
-from .sessions import SessionSolutions, SolvedCaptcha, session_of
+from .rejection import RejectionHandler
+from .request_meta import CaptchaMeta, parse_meta
+from .sessions import SessionSolutions, SolvedCaptcha
 from .settings import SolverSettings, mask_api_key
+from .solution import CaptchaSolution
 from .solver import CaptchaSolver
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
+
+try:  # Scrapy 2.14+ names a download stopped at its size limit; before, Twisted's class
+    from scrapy.exceptions import DownloadCancelledError
+
+    _CANCELLED: tuple[type[Exception], ...] = (CancelledError, DownloadCancelledError)
+except ImportError:  # pragma: no cover - Scrapy 2.13
+    _CANCELLED = (CancelledError,)
 
 
 class CaptchaSolverMiddleware:
@@ -36,11 +48,6 @@ class CaptchaSolverMiddleware:
     """
 
     def __init__(self, crawler: Crawler) -> None:
-        if not crawler.settings.getbool("TWISTED_REACTOR_ENABLED", True):
-            raise ValueError(
-                "TWISTED_REACTOR_ENABLED=False is not supported by scrapy-capsolver-ocr: its "
-                "API client (treq) needs a Twisted reactor. Remove the setting or set it to True."
-            )
         self.crawler = crawler
         mask_api_key(crawler.settings)  # the add-on does it too; the middleware may be alone
         self.config = SolverSettings.from_settings(crawler.settings)
@@ -60,9 +67,12 @@ class CaptchaSolverMiddleware:
         self._progress = SolveProgress(self.solver, crawler.stats, self.config.logstats_interval)
         self._closing = False
         self._sessions = SessionSolutions()
-        self._injector = CaptchaInjector(self._sessions, crawler.stats)
-        self._rejections = RejectionHandler(self.solver, crawler.stats, self.config.max_attempts)
+        self._injector = CaptchaInjector(crawler, self._sessions, crawler.stats)
+        self._rejections = RejectionHandler(
+            self.solver, self._injector, crawler.stats, self.config.max_attempts
+        )
         self._image_order = itertools.count()
+        self._parsed: WeakKeyDictionary[Request, CaptchaMeta] = WeakKeyDictionary()
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(self._request_scheduled, signal=signals.request_scheduled)
@@ -72,30 +82,108 @@ class CaptchaSolverMiddleware:
         return cls(crawler)
 
     def process_request(self, request: Request, spider: Spider | None = None) -> Request | None:
-        # Wrong captcha meta values fail here, before anything is downloaded.
-        options = solve_options(request.meta)
-        if options is not None:
-            check_request(request, options, self.config.element_timeout)
-        retry_condition(request.meta)
+        # Every captcha meta key is checked here, before anything is downloaded.
+        parsed = self._parse(request)
+        if parsed.solve is not None:
+            check_request(request, parsed.solve, self.config.element_timeout)
+        if self._downloads_image(request, parsed):
+            self._limit_download(request)
         # A request with captcha_field is sent again with its answer in.
-        return self._injector.process_request(request)
+        return self._injector.process_request(request, parsed)
 
     async def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Request | Response:
-        retry = await self._rejections.process_response(request, response)
+        parsed = self._parsed.get(request) or self._parse(request)
+        retry = await self._rejections.process_response(request, response, parsed.retry_if)
         if retry is not None:
             return retry
-        options = self._solve_options(request, response)
+        options = self._solve_options(parsed, request, response)
         if options is None:
             return response
+        try:
+            solution, order = await self._solve(request, response, options)
+        except CaptchaSolveError:
+            raise
+        except Exception as exc:
+            raise unexpected_error(exc, response.url) from exc
+        self._publish(request, parsed, solution, order)
+        return response
+
+    def process_exception(
+        self, request: Request, exception: Exception, spider: Spider | None = None
+    ) -> None:
+        # The spider may build its next request from this one's meta: that one needs its
+        # own answer.
+        request.meta.pop(ANSWER, None)
+        parsed = self._parsed.get(request)
+        if (
+            parsed is not None
+            and isinstance(exception, _CANCELLED)
+            and self._downloads_image(request, parsed)
+        ):
+            raise CaptchaImageError(
+                f"The captcha from {request.url} is larger than CAPSOLVER_MAX_IMAGE_SIZE "
+                f"({self.config.max_image_size} bytes); its download was stopped. Raise the "
+                "setting if the image is really a captcha."
+            ) from exception
+
+    def _parse(self, request: Request) -> CaptchaMeta:
+        parsed = parse_meta(request.meta)
+        self._parsed[request] = parsed
+        return parsed
+
+    def _request_scheduled(self, request: Request, **kwargs: Any) -> None:
+        if "captcha_field" not in request.meta:
+            return
+        # Forms built alike (the captcha field still empty) differ once their answers
+        # are in: a retry's form must not be dropped as a duplicate of the first one.
+        request.dont_filter = True
+        try:
+            parsed = self._parse(request)
+        except CaptchaOptionsError:
+            return  # it fails in process_request, into its errback
+        # Bound now, the answer travels in the request: through a JOBDIR queue too.
+        self._injector.bind(request, parsed)
+
+    def _downloads_image(self, request: Request, parsed: CaptchaMeta) -> bool:
+        """Whether the response to ``request`` is itself the captcha image."""
+        if parsed.solve is not None:
+            return parsed.solve.selector is None and not request.meta.get("playwright")
+        return not parsed.opted_out and self._matches_patterns(request.url)
+
+    def _limit_download(self, request: Request) -> None:
+        # The image check refuses larger bodies: do not download them whole first.
+        limit = self.config.max_image_size
+        current = request.meta.get("download_maxsize")
+        request.meta["download_maxsize"] = min(current, limit) if current else limit
+
+    def _matches_patterns(self, url: str) -> bool:
+        return any(pattern.search(url) for pattern in self.config.url_patterns)
+
+    def _solve_options(
+        self, parsed: CaptchaMeta, request: Request, response: Response
+    ) -> SolveOptions | None:
+        """What to solve in this response: what the request asked for, or (for a URL in
+        CAPSOLVER_URL_PATTERNS) an image body with the default options."""
+        if parsed.solve is not None or parsed.opted_out:
+            return parsed.solve
+        if SIDE_REQUEST in request.meta or not 200 <= response.status < 300:
+            return None
+        if not self._matches_patterns(response.url):
+            return None
+        return SolveOptions() if image_type(response.body) is not None else None
+
+    async def _solve(
+        self, request: Request, response: Response, options: SolveOptions
+    ) -> tuple[CaptchaSolution, int]:
+        """The answer to the captcha of ``response``, and the order in which its image was
+        obtained."""
         solution = await solve_browser_response(
             self.crawler, self.solver, request, response, options, self.config.element_timeout
         )
         if solution is not None:  # a captcha on a scrapy-playwright page
-            request.meta["captcha_solution"] = solution
-            request.meta["captcha_text"] = solution.text
-            return response
+            return solution, next(self._image_order)
         image, source = await self._captcha_image(request, response, options)
         order = next(self._image_order)
         website_url = options.website_url
@@ -110,45 +198,26 @@ class CaptchaSolverMiddleware:
             website_url=website_url,
             source=source,
         )
-        logger.debug("Solved the captcha of %s as %r", response.url, solution.text)
-        attempt = attempt_of(request.meta)
-        self._sessions.add(session_of(request), SolvedCaptcha(solution, request, attempt, order))
+        return solution, order
+
+    def _publish(
+        self, request: Request, parsed: CaptchaMeta, solution: CaptchaSolution, order: int
+    ) -> None:
+        """Hand ``solution`` to the callback, and keep it for the session's next form."""
+        logger.debug("Solved the captcha of %s as %r", request.url, solution.text[:LOGGED_TEXT])
+        self._sessions.add(parsed.session, SolvedCaptcha(solution, request, parsed.attempt, order))
         request.meta["captcha_solution"] = solution
         request.meta["captcha_text"] = solution.text
-        request.meta["captcha_attempt"] = attempt
-        return response
-
-    def process_exception(
-        self, request: Request, exception: Exception, spider: Spider | None = None
-    ) -> None:
-        # The spider may build its next request from this one's meta: that one needs its
-        # own answer.
-        request.meta.pop(INJECTED, None)
-
-    def _request_scheduled(self, request: Request, **kwargs: Any) -> None:
-        if "captcha_field" in request.meta:
-            # Forms built alike (the captcha field still empty) differ once their answers
-            # are in: a retry's form must not be dropped as a duplicate of the first one.
-            request.dont_filter = True
-
-    def _solve_options(self, request: Request, response: Response) -> SolveOptions | None:
-        """What to solve in this response: what the request asked for, or (for a URL in
-        CAPSOLVER_URL_PATTERNS) an image body with the default options."""
-        options = solve_options(request.meta)
-        if options is not None or request.meta.get("solve_image") is False:
-            return options
-        if SIDE_REQUEST in request.meta or not 200 <= response.status < 300:
-            return None
-        if not any(pattern.search(response.url) for pattern in self.config.url_patterns):
-            return None
-        return SolveOptions() if image_type(response.body) is not None else None
+        request.meta["captcha_attempt"] = parsed.attempt
 
     async def _captcha_image(
         self, request: Request, response: Response, options: SolveOptions
     ) -> tuple[bytes, str]:
         """The captcha image to solve, and where it came from (for messages)."""
         if options.selector is not None:
-            return await page_image(self.crawler, request, response, options.selector)
+            return await page_image(
+                self.crawler, request, response, options.selector, self.config.max_image_size
+            )
         check_image_status(response, f"The captcha request {response.url}")
         return response.body, response.url
 

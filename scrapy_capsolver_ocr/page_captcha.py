@@ -97,8 +97,9 @@ def decode_data_uri(uri: str, page_url: str) -> bytes:
     return unquote_to_bytes(payload)
 
 
-def image_request(page_request: Request, page: Response, url: str) -> Request:
-    """The request for the captcha ``url`` of ``page``, in the page's session."""
+def image_request(page_request: Request, page: Response, url: str, max_size: int) -> Request:
+    """The request for the captcha ``url`` of ``page``, in the page's session; a body over
+    ``max_size`` bytes is not downloaded whole."""
     headers = page_request.headers.copy()
     for name in _PAGE_ONLY_HEADERS:
         headers.pop(name, None)
@@ -108,6 +109,7 @@ def image_request(page_request: Request, page: Response, url: str) -> Request:
         name: page_request.meta[name] for name in _SHARED_META if name in page_request.meta
     }
     meta[SIDE_REQUEST] = True
+    meta["download_maxsize"] = max_size
     return Request(url, headers=headers, meta=meta, dont_filter=True)
 
 
@@ -122,7 +124,7 @@ async def download(crawler: Crawler, request: Request) -> Response:
 
 
 async def page_image(
-    crawler: Crawler, request: Request, response: Response, selector: str
+    crawler: Crawler, request: Request, response: Response, selector: str, max_size: int
 ) -> tuple[bytes, str]:
     """The captcha image on ``response`` and where it came from (for messages).
 
@@ -134,7 +136,7 @@ async def page_image(
     if source.startswith("data:"):
         return decode_data_uri(source, response.url), f"the data: URI on {response.url}"
     try:
-        image = await download(crawler, image_request(request, response, source))
+        image = await download(crawler, image_request(request, response, source, max_size))
     except Exception as exc:
         raise CaptchaImageError(
             f"Could not download the captcha {source} of {response.url}: "

@@ -10,61 +10,20 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Callable
-from typing import Any
 
 from scrapy import Request
 from scrapy.http import Response, TextResponse
 from scrapy.statscollectors import StatsCollector
 
 from .errors import CaptchaOptionsError, CaptchaRejectedError
-from .injection import INJECTED, Injected
+from .injection import ANSWER, LOGGED_TEXT, BoundAnswer, CaptchaInjector
+from .request_meta import RetryIf
 from .solver import CaptchaSolver
 
 logger = logging.getLogger(__name__)
 
-RetryIf = re.Pattern[str] | Callable[[Response], Any]
 #: Meta keys that belong to one solve, left out when its request is scheduled again.
-_SOLVE_META = ("captcha_solution", "captcha_text", INJECTED)
-
-
-def retry_condition(meta: dict[str, Any]) -> RetryIf | None:
-    value = meta.get("captcha_retry_if")
-    if value is None:
-        return None
-    if "captcha_field" not in meta:
-        raise CaptchaOptionsError(
-            "meta['captcha_retry_if'] needs meta['captcha_field']: it tells whether the site "
-            "rejected the answer put into that field."
-        )
-    if isinstance(value, str):
-        try:
-            return re.compile(value)
-        except re.error as exc:
-            raise CaptchaOptionsError(
-                f"meta['captcha_retry_if']={value!r} is not a valid regular expression: {exc}"
-            ) from None
-    if isinstance(value, re.Pattern):
-        if not isinstance(value.pattern, str):
-            raise CaptchaOptionsError(
-                "meta['captcha_retry_if'] must be a str pattern (it is searched in "
-                "response.text), not a bytes one"
-            )
-        return value
-    if callable(value):
-        return value  # type: ignore[no-any-return]
-    raise CaptchaOptionsError(
-        "meta['captcha_retry_if'] must be a regular expression (str or compiled) or a "
-        f"callable(response) -> bool, not {type(value).__name__}"
-    )
-
-
-def attempt_of(meta: dict[str, Any]) -> int:
-    """Which attempt at the captcha chain this request is (1 for the first)."""
-    value = meta.get("captcha_attempt", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CaptchaOptionsError(f"meta['captcha_attempt'] must be an int >= 1, not {value!r}")
-    return value
+_SOLVE_META = ("captcha_solution", "captcha_text", ANSWER)
 
 
 async def is_rejected(condition: RetryIf, request: Request, response: Response) -> bool:
@@ -99,44 +58,52 @@ def solve_again(origin: Request, attempt: int) -> Request:
 class RejectionHandler:
     """Checks the responses of requests that got an answer injected."""
 
-    def __init__(self, solver: CaptchaSolver, stats: StatsCollector, max_attempts: int) -> None:
+    def __init__(
+        self,
+        solver: CaptchaSolver,
+        injector: CaptchaInjector,
+        stats: StatsCollector,
+        max_attempts: int,
+    ) -> None:
         self._solver = solver
+        self._injector = injector
         self._stats = stats
         self._max_attempts = max_attempts
 
-    async def process_response(self, request: Request, response: Response) -> Request | None:
+    async def process_response(
+        self, request: Request, response: Response, retry_if: RetryIf | None
+    ) -> Request | None:
         """The request to schedule instead of passing ``response`` on, or None to pass it
         on. Raises :class:`CaptchaRejectedError` when the chain gives up."""
         # Popped: a request the spider builds from response.meta must get its own answer.
-        injected: Injected | None = request.meta.pop(INJECTED, None)
-        if injected is None:
+        bound: BoundAnswer | None = request.meta.pop(ANSWER, None)
+        if bound is None or not bound.in_body or retry_if is None:
             return None
-        condition = retry_condition(request.meta)
-        if condition is None or not await is_rejected(condition, request, response):
+        if not await is_rejected(retry_if, request, response):
             return None
         self._stats.inc_value("capsolver/rejected")
-        if injected.solution is not None:
-            await self._solver.report_wrong(injected.solution)
-        solved = injected.solved
-        if solved is None or solved.origin is None:
+        if bound.solution is not None:
+            await self._solver.report_wrong(bound.solution)
+        shown = repr(bound.text[:LOGGED_TEXT])
+        origin = self._injector.origin_of(bound)
+        if origin is None:
             self._stats.inc_value("capsolver/gave_up")
             raise CaptchaRejectedError(
-                f"{response.url} rejected the captcha answer {injected.text!r}; it was not "
-                "solved in this session by the middleware, so there is no captcha request to "
-                "send again."
+                f"{response.url} rejected the captcha answer {shown}; it was not solved in "
+                "this crawl by the middleware, so there is no captcha request to send again."
             )
-        if solved.attempt >= self._max_attempts:
+        if bound.attempt >= self._max_attempts:
             self._stats.inc_value("capsolver/gave_up")
             raise CaptchaRejectedError(
-                f"{response.url} rejected the captcha answers {solved.attempt} times in a "
+                f"{response.url} rejected the captcha answers {bound.attempt} times in a "
                 f"row (CAPSOLVER_MAX_ATTEMPTS = {self._max_attempts}); giving up."
             )
         logger.info(
-            "%s rejected the captcha answer %r (attempt %d of %d): solving a new captcha from %s",
+            "%s rejected the captcha answer %s (attempt %d of %d): solving a new captcha from %s",
             response.url,
-            injected.text,
-            solved.attempt,
+            shown,
+            bound.attempt,
             self._max_attempts,
-            solved.origin.url,
+            origin.url,
         )
-        return solve_again(solved.origin, solved.attempt + 1)
+        return solve_again(origin, bound.attempt + 1)

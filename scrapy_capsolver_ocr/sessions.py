@@ -33,11 +33,6 @@ class SolvedCaptcha:
     used: bool = field(default=False)
 
 
-def session_of(request: Request) -> Hashable:
-    key: Hashable = request.meta.get("cookiejar")
-    return key
-
-
 class SessionSolutions:
     """Per-session solutions, newest last."""
 

@@ -16,11 +16,15 @@ from urllib.parse import urlsplit
 from scrapy.exceptions import NotConfigured
 from scrapy.settings import BaseSettings
 
+from .state import StateLimits
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "CAPSOLVER_"
 DEFAULT_API_URL = "https://api.capsolver.com"
 SCORE_RANGE = (0.8, 1.0)
+#: Seconds a fleet claim or permit outlives CAPSOLVER_TIMEOUT when its process is gone.
+LEASE_MARGIN = 10.0
 
 T = TypeVar("T")
 
@@ -81,6 +85,33 @@ def check_url(name: str, value: Any) -> str:
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise invalid(name, value, "an http:// or https:// URL")
+    return value.strip()
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def check_redis_url(name: str, value: Any) -> str:
+    allowed = "a redis://, rediss:// or unix:// URL"
+    if not isinstance(value, str):
+        raise invalid(name, type(value).__name__, allowed)
+    try:
+        parts = urlsplit(value.strip())
+        valid = parts.scheme in REDIS_SCHEMES and bool(parts.hostname or parts.path)
+    except ValueError:  # a bad port, for one
+        valid = False
+    if not valid:
+        raise invalid(name, redact_url(value.strip()), allowed)
     return value.strip()
 
 
@@ -244,12 +275,40 @@ class SolverSettings:
     report_wrong: bool
     max_attempts: int
     element_timeout: float
+    poll_interval: float
+    max_image_pixels: int
+    cache_ttl: float
+    budget_period: float
+    fleet_concurrency: int
+    redis_url: str | None
+    #: The fleet's name; None: the spider's name.
+    fleet: str | None
+    add_request_slots: bool
+
+    def state_limits(self) -> StateLimits:
+        """What the crawl-wide solving state enforces."""
+        return StateLimits(
+            max_tasks=self.max_tasks,
+            budget_period=self.budget_period,
+            fleet_concurrency=self.fleet_concurrency,
+            block_pause=self.block_pause,
+            block_window=self.block_window,
+            cache_size=self.cache_size,
+            cache_ttl=self.cache_ttl,
+            # A claim or permit outlives the call it covers, plus time to notice a death.
+            lease=self.timeout + LEASE_MARGIN,
+        )
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> SolverSettings:
         read = _Reader(settings)
         if not read.boolean("CAPSOLVER_ENABLED", True):
             raise NotConfigured("CAPSOLVER_ENABLED is False")
+        if not settings.getbool("TWISTED_REACTOR_ENABLED", True):
+            raise ValueError(
+                "TWISTED_REACTOR_ENABLED=False is not supported by scrapy-capsolver-ocr: its "
+                "API client (treq) needs a Twisted reactor. Remove the setting or set it to True."
+            )
         api_url = check_url("CAPSOLVER_API_URL", read.raw("CAPSOLVER_API_URL", DEFAULT_API_URL))
         if urlsplit(api_url).query or urlsplit(api_url).fragment:
             # The method name is appended to the URL: a query would swallow it.
@@ -287,6 +346,14 @@ class SolverSettings:
             report_wrong=read.boolean("CAPSOLVER_REPORT_WRONG", True),
             max_attempts=read.integer("CAPSOLVER_MAX_ATTEMPTS", 3, minimum=1),
             element_timeout=read.seconds("CAPSOLVER_ELEMENT_TIMEOUT", 10.0),
+            poll_interval=read.seconds("CAPSOLVER_POLL_INTERVAL", 1.0),
+            max_image_pixels=read.integer("CAPSOLVER_MAX_IMAGE_PIXELS", 1_000_000, minimum=1),
+            cache_ttl=read.seconds("CAPSOLVER_CACHE_TTL", 0.0, allow_zero=True),
+            budget_period=read.seconds("CAPSOLVER_BUDGET_PERIOD", 0.0, allow_zero=True),
+            fleet_concurrency=read.integer("CAPSOLVER_FLEET_CONCURRENCY", 0, minimum=0),
+            redis_url=read.optional("CAPSOLVER_REDIS_URL", check_redis_url),
+            fleet=read.optional("CAPSOLVER_FLEET", check_text),
+            add_request_slots=read.boolean("CAPSOLVER_ADD_REQUEST_SLOTS", True),
         )
         _warn_unknown(settings, read.names)
         return config

@@ -20,7 +20,7 @@ from scrapy_capsolver_ocr.images import check_image, image_type
         ("bad/html", "an HTML page"),
         ("bad/truncated", "truncated"),
         ("bad/svg", "SVG"),
-        ("bad/big", "over CAPSOLVER_MAX_IMAGE_SIZE"),
+        ("bad/big", "larger than CAPSOLVER_MAX_IMAGE_SIZE"),
         ("bad/json", "JSON"),
         ("status/404", "HTTP 404"),
         ("status/503", "HTTP 503"),

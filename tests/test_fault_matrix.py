@@ -65,6 +65,7 @@ class Expect(Enum):
     PAUSES = "solving pauses, then resumes"
     BUDGET = "the budget closes the crawl"
     CRAWL_GOES_ON = "the crawl goes on"
+    SENT_AGAIN = "sent again on a fresh connection"
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def account_code(code: str, reason: str, **rule: Any) -> Fault:
 def failing_balance(name: str, rule: dict[str, Any], **settings: Any) -> Fault:
     return Fault(
         f"getBalance at start: {name}",
-        ({**rule, "method": "getBalance", "count": 1},),
+        ({"count": 1, **rule, "method": "getBalance"},),
         "logged",
         "no",
         "a warning; `capsolver/balance_start` is not set and the crawl goes on: all solved",
@@ -436,7 +437,26 @@ FAULTS: list[Fault] = [
         settings={"CAPSOLVER_BLOCK_PAUSE": 0.3},
     ),
     failing_balance("HTTP 500", {"fault": "http", "status": 500}),
-    failing_balance("connection reset", {"fault": "reset"}),
+    failing_balance("connection reset on every call", {"fault": "reset", "count": 2}),
+    Fault(
+        "getBalance at start: connection reset once (a pooled connection the server closed)",
+        ({"fault": "reset", "method": "getBalance", "count": 1},),
+        "none",
+        "once, on a fresh connection",
+        "the balance is read on the second try; all solved",
+        "`capsolver/balance_start`",
+        Expect.SENT_AGAIN,
+    ),
+    Fault(
+        "feedbackTask: connection reset once (a pooled connection the server closed)",
+        ({"fault": "reset", "method": "feedbackTask", "count": 1},),
+        "none",
+        "once, on a fresh connection",
+        "every report is sent; all solved",
+        "`capsolver/feedback_sent`",
+        Expect.SENT_AGAIN,
+        report_wrong=True,
+    ),
     failing_balance("not JSON", {"fault": "not_json"}),
     failing_balance(
         "`ERROR_SERVICE_UNAVALIABLE`", {"fault": "error", "code": "ERROR_SERVICE_UNAVALIABLE"}
@@ -591,7 +611,7 @@ def check_closes(run: Run) -> None:
     assert run.stat("capsolver/task_count") - solved <= rounds * slots
     closing = [r for r in run.records if r.getMessage().startswith("Closing spider")]
     assert len(closing) == 1
-    fatal = [r for r in run.records if r.name == "scrapy_capsolver_ocr.solver"]
+    fatal = [r for r in run.records if r.name == "scrapy_capsolver_ocr.paying"]
     assert [r.levelno for r in fatal if r.levelno >= logging.ERROR] == [logging.ERROR]
 
 
@@ -644,7 +664,26 @@ def check_crawl_goes_on(run: Run) -> None:
         for r in run.records
         if r.levelno == logging.WARNING and r.name.startswith("scrapy_capsolver_ocr")
     ]
-    assert len(warnings) == applied
+    # A reset connection is tried twice (once on a fresh one) before it is a failure.
+    sent_again = run.fault.rules[0]["fault"] == "reset"
+    assert len(warnings) == (applied // 2 if sent_again else applied)
+
+
+def check_sent_again(run: Run) -> None:
+    assert len(run.spider.texts) == REQUESTS
+    assert run.stat("finish_reason") == "finished"
+    assert faulted_calls(run) == 1
+    method = run.fault.rules[0]["method"]
+    sent = [c for c in run.all_calls if c["method"] == method]
+    if method == "getBalance":
+        assert run.stat("capsolver/balance_start", None) is not None
+        assert len(sent) == 3  # at start twice, at the end once
+    else:
+        assert run.stat("capsolver/feedback_sent") == REQUESTS
+        assert run.stat("capsolver/feedback_failed", 0) == 0
+        assert len(sent) == REQUESTS + 1
+    warnings = [r for r in run.records if r.levelno >= logging.WARNING]
+    assert [r for r in warnings if r.name.startswith("scrapy_capsolver_ocr")] == []
 
 
 CHECKS: dict[Expect, Callable[[Run], None]] = {
@@ -656,6 +695,7 @@ CHECKS: dict[Expect, Callable[[Run], None]] = {
     Expect.PAUSES: check_pauses,
     Expect.BUDGET: check_budget,
     Expect.CRAWL_GOES_ON: check_crawl_goes_on,
+    Expect.SENT_AGAIN: check_sent_again,
 }
 
 
@@ -692,7 +732,7 @@ def check_every_row(run: Run) -> None:
     messages = [r.getMessage() for r in run.records]
     assert not [m for m in messages if "Unhandled error" in m]
     errors = [r for r in run.records if r.levelno >= logging.ERROR]
-    assert [r for r in errors if r.name != "scrapy_capsolver_ocr.solver"] == []
+    assert [r for r in errors if r.name != "scrapy_capsolver_ocr.paying"] == []
     if run.fault.expect not in (Expect.CLOSES, Expect.BUDGET):
         assert errors == []
 

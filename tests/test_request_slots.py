@@ -29,7 +29,12 @@ async def test_concurrent_requests_caps_the_solves_and_is_warned_about(
     caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.middleware")
     capsolver.configure(faults=[SLOW_TASKS])
     urls = [f"{image_site}/captcha/capped{i}.png" for i in range(8)]
-    settings = solver_settings(capsolver, CAPSOLVER_CONCURRENCY=8, CONCURRENT_REQUESTS=4)
+    settings = solver_settings(
+        capsolver,
+        CAPSOLVER_CONCURRENCY=8,
+        CONCURRENT_REQUESTS=4,
+        CAPSOLVER_ADD_REQUEST_SLOTS=False,
+    )
     crawler = await crawl(RecordingSpider, settings, urls=urls)
     spider: Any = crawler.spider
 
@@ -57,3 +62,35 @@ async def test_room_above_the_solver_concurrency_lets_every_solve_run(
     assert len(spider.texts) == 8
     assert capsolver.max_in_flight() == 8
     assert slot_warnings(caplog) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_addon_gives_the_solves_request_slots_of_their_own(
+    capsolver: CapSolverMock, image_site: str, caplog: Any
+) -> None:
+    caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.middleware")
+    capsolver.configure(faults=[SLOW_TASKS])
+    urls = [f"{image_site}/captcha/addon{i}.png" for i in range(8)]
+    settings = solver_settings(capsolver, CAPSOLVER_CONCURRENCY=8, CONCURRENT_REQUESTS=4)
+    crawler = await crawl(RecordingSpider, settings, urls=urls)
+    spider: Any = crawler.spider
+
+    assert len(spider.texts) == 8
+    assert crawler.settings.getint("CONCURRENT_REQUESTS") == 4 + 8
+    assert capsolver.max_in_flight() == 8
+    assert slot_warnings(caplog) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_middleware_alone_leaves_concurrent_requests_and_warns(
+    capsolver: CapSolverMock, image_site: str, caplog: Any
+) -> None:
+    caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.middleware")
+    urls = [f"{image_site}/captcha/alone{i}.png" for i in range(2)]
+    settings = solver_settings(capsolver, CAPSOLVER_CONCURRENCY=8, CONCURRENT_REQUESTS=4)
+    del settings["ADDONS"]
+    settings["DOWNLOADER_MIDDLEWARES"] = {"scrapy_capsolver_ocr.CaptchaSolverMiddleware": 543}
+    crawler = await crawl(RecordingSpider, settings, urls=urls)
+
+    assert crawler.settings.getint("CONCURRENT_REQUESTS") == 4
+    assert len(slot_warnings(caplog)) == 1
