@@ -18,7 +18,10 @@ Control endpoints, for the tests:
   answer starts with it), ``"per_image": n`` (at most n times for one image); and
   ``"probability": p`` applies a rule to a random share of the calls it matches.
   The first rule that matches a call applies.
-  Kinds: error, http, not_json, no_error_id, no_solution, empty_text, wrong_text, huge
+  Kinds: error, http, not_json, no_error_id, no_solution, empty_text, wrong_text,
+  pending (createTask answers ``status`` ``processing`` with a taskId and no solution; the
+  task is ready after ``polls`` getTaskResult calls, default 1; ``"never": true`` keeps
+  it pending), huge
   (a body of 30 MB, streamed), reset (connection closed before any answer), drop_mid
   (headers and the start of the body, then a reset), latency (``seconds`` more), refuse (an outage:
   the mock closes every API connection and stops listening for ``seconds``, default 0.05,
@@ -50,7 +53,7 @@ from twisted.internet.interfaces import IListeningPort, IPullProducer
 from twisted.web import resource, server
 from zope.interface import implementer
 
-API_METHODS = ("createTask", "getBalance", "feedbackTask")
+API_METHODS = ("createTask", "getBalance", "feedbackTask", "getTaskResult")
 HUGE_BODY_SIZE = 30 * 1024 * 1024
 
 
@@ -82,6 +85,8 @@ class MockState:
         self.applied: dict[int, int] = {}
         self.applied_to_image: dict[tuple[int, str], int] = {}
         self.task_ids: set[str] = set()
+        # Tasks answered "processing": id -> [answer text, getTaskResult calls still pending]
+        self.pending: dict[str, list[Any]] = {}
         self.max_in_flight = 0
         self.outages = 0
         self.random = random.Random(0)
@@ -312,7 +317,28 @@ class Api(resource.Resource):
             if body.get("taskId") not in self.state.task_ids:
                 return error("ERROR_TASKID_INVALID", "unknown taskId")
             return 200, {"errorId": 0, "errorCode": "", "errorDescription": "", "message": "ok"}
+        if path == "getTaskResult":
+            return self.task_result(body)
         return self.create_task(body, rule)
+
+    def task_result(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        task_id = body.get("taskId")
+        entry = self.state.pending.get(task_id) if isinstance(task_id, str) else None
+        if entry is None:
+            return error("ERROR_TASKID_INVALID", "unknown taskId")
+        text, polls_left = entry
+        if polls_left is None or polls_left > 0:
+            if polls_left is not None:
+                entry[1] = polls_left - 1
+            return 200, {"errorId": 0, "status": "processing", "taskId": task_id}
+        return 200, {
+            "errorId": 0,
+            "errorCode": "",
+            "errorDescription": "",
+            "status": "ready",
+            "solution": {"text": text},
+            "taskId": task_id,
+        }
 
     def create_task(
         self, body: dict[str, Any], rule: dict[str, Any] | None
@@ -334,6 +360,10 @@ class Api(resource.Resource):
             return 200, {"status": "ready", "solution": {"text": answer_for(image)}}
         if kind == "no_solution":
             return 200, {"errorId": 0, "status": "ready", "taskId": task_id}
+        if kind == "pending":
+            polls = None if rule and rule.get("never") else int((rule or {}).get("polls", 1))
+            self.state.pending[task_id] = [answer_for(image), polls]
+            return 200, {"errorId": 0, "status": "processing", "taskId": task_id}
         text = answer_for(image)
         if kind == "empty_text":
             text = ""
