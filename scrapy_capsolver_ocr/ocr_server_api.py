@@ -14,6 +14,7 @@ import base64
 import binascii
 import hmac
 import logging
+import reprlib
 import uuid
 from collections import OrderedDict
 from typing import Any, Protocol
@@ -37,6 +38,10 @@ SCORE_RANGE = (0.8, 1.0)
 REMEMBERED_TASKS = 10_000
 
 JsonObject = dict[str, Any]
+
+# Feedback fields as they go into a log line: a client may send megabytes in them.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 200
 
 
 class ApiError(Exception):
@@ -220,11 +225,9 @@ class LocalCapSolver:
         if not isinstance(result, dict):
             raise _invalid_task("result must be an object")
         logger.info(
-            "Feedback on task %s: invalid=%s code=%s message=%r",
+            "Feedback on task %s: invalid=%s code=%s message=%s",
             task_id,
-            result.get("invalid"),
-            result.get("code"),
-            str(result.get("message"))[:200],
+            *(_SHORT.repr(result.get(name)) for name in ("invalid", "code", "message")),
         )
         return ok()
 

@@ -194,9 +194,8 @@ class _LimitedChannel(http.HTTPChannel):
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's own refusals (a malformed request line or header, headers or a line over
-        # 16 KB)
-        # answer in CapSolver's format too.
+        # Twisted's own refusals (a malformed request line or header, a line or all headers
+        # over 16 KB) answer in CapSolver's format too.
         self.refuse(bad_request("the HTTP request is malformed or its headers too large"))
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -215,13 +214,14 @@ class _LimitedChannel(http.HTTPChannel):
         """Answer ``error`` at once, whatever was received, and close the connection."""
         self.refused = True
         self._cancel_deadline()
+        transport: Any = self.transport
+        logger.debug("Refused a request from %s: %s", transport.getPeer(), error)
         body = json.dumps(error.to_json()).encode()
         head = (
             f"HTTP/1.1 {error.http_status} {http.RESPONSES[error.http_status].decode()}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n"
         )
-        transport: Any = self.transport
         transport.write(head.encode() + body)
         # Closing with unread data would reset the connection, and a client still sending
         # its body would never read the answer: close the sending side only, drop whatever
@@ -256,8 +256,8 @@ class _ApiSite(Site):
         if len(self._open) <= self.max_connections:
             return
         # Make room by closing the connection idle the longest, so that clients holding
-        # connections open cannot lock new ones out; if all are busy, the new one waits
-        # its turn in no queue: it is closed.
+        # connections open cannot lock new ones out. If every other one is being answered,
+        # the newcomer is closed: there is no queue to wait in.
         idle = (other for other in self._open if not other.busy and other is not channel)
         victim = min(idle, key=lambda other: other.last_active, default=channel)
         logger.debug(
