@@ -108,7 +108,8 @@ class SolvingState(Protocol):
 
     async def claim(self, key: str) -> bool:
         """True: this caller is now the one solving ``key`` and must :meth:`publish` or
-        :meth:`abandon` it. False: someone else is solving it: :meth:`wait` for it."""
+        :meth:`abandon` it. False: someone else is solving it, or its answer was stored
+        since the caller looked: :meth:`wait` for it."""
 
     async def wait(self, key: str) -> CaptchaSolution | None:
         """The answer the claimant of ``key`` published; raises the error it abandoned
@@ -217,7 +218,7 @@ class MemoryState:
         return solution
 
     async def claim(self, key: str) -> bool:
-        if key in self._claims:
+        if key in self._claims or await self.cached(key) is not None:
             return False
         self._claims[key] = _Outcome()
         return True
