@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between two looks for a fleet-wide stop; figures are copied every FIGURES_EVERY.
+#: Seconds between two looks for a fleet-wide stop, and between two copies of the figures
+#: (or CAPSOLVER_LOGSTATS_INTERVAL when shorter, so that each progress line is up to date).
 CHECK_INTERVAL = 1.0
-FIGURES_EVERY = 5
+FIGURES_INTERVAL = 5.0
 EXTRA_HINT = 'pip install "scrapy-capsolver-ocr[redis]"'
 
 
@@ -78,6 +79,9 @@ class FleetWatch:
         self._config = config
         self._loop: LoopingCall | None = None
         self._ticks = 0
+        progress = config.logstats_interval or FIGURES_INTERVAL
+        self._tick = min(CHECK_INTERVAL, progress)
+        self._figures_every = max(1, round(min(FIGURES_INTERVAL, progress) / self._tick))
 
     @property
     def state(self) -> SolvingState:
@@ -101,7 +105,7 @@ class FleetWatch:
                 logger.info("Fleet mode: %r, sharing its solving state", self.state)
         if self._config.redis_url is not None and self._loop is None:
             self._loop = LoopingCall(lambda: deferred_from_coro(self._check()))
-            self._loop.start(CHECK_INTERVAL, now=False)
+            self._loop.start(self._tick, now=False)
 
     async def _check(self) -> None:
         self._ticks += 1
@@ -109,7 +113,7 @@ class FleetWatch:
             reason = await self.state.stop_reason()
             if reason is not None:
                 self._solver.paid.fleet_stopped(reason)
-            if self._ticks % FIGURES_EVERY == 0:
+            if self._ticks % self._figures_every == 1 % self._figures_every:
                 await self._record_figures()
         except CaptchaFleetError as exc:
             # The solves say it where it matters; once a tick would be noise.
