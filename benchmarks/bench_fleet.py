@@ -117,6 +117,12 @@ def run(
     }
 
 
+def rewrite(path: Path) -> None:
+    """Write ``path``.md again from its .json (after a change to the page's wording)."""
+    report = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".md").write_text(markdown(report))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--solves", type=int, default=300, help="per process (default 300)")
@@ -158,7 +164,7 @@ def main() -> None:
     }
     ideal = math.ceil(capped["distinct_images"] / 8) * 0.3
     report = {
-        "command": "python benchmarks/bench_fleet.py " + shlex.join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/bench_fleet.py", *map(shlex.quote, sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
         "processes": PROCESSES,
@@ -213,16 +219,18 @@ def markdown(report: dict[str, Any]) -> str:
     table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
     return f"""# Fleet mode benchmark
 
-`{report["command"]}` on {report["date"]} ({report["machine"]}, 2 cores): {report["processes"]}
-crawl processes (`scrapy` crawls of `tests/fleet_crawl.py`), {report["solves_per_process"]}
-solves each, one `redis-server`, the CapSolver mock and the image site, all on this machine.
+`{report["command"]}` on {report["date"]} ({report["machine"]}, 2 cores):
+{report["processes"]} crawl processes (`scrapy` crawls of `tests/fleet_crawl.py`),
+{report["solves_per_process"]} solves each, one `redis-server`, the CapSolver mock and the
+image site, all on this machine.
 
 {table}
 
-Each overhead run solves 3 x {report["solves_per_process"]} distinct images (nothing to share,
-so both modes do the same work); solves per second count from the first to the last request
-that ended in any process. Runs ({runs}). The wall time of the capped run is from the first
-createTask the mock received to the last, plus one latency.
+Each overhead run solves 3 x {report["solves_per_process"]} distinct images (nothing to
+share, so both modes do the same work); solves per second count from the first to the last
+request that ended in any process. Runs: {runs}. Three crawl processes and three servers on
+two cores make single runs noisy; the medians are compared. The wall time of the capped run
+is from the first createTask the mock received to the last, plus one latency.
 
 What the figures say: the fleet pays once per distinct image while the processes solve the
 shared ones at the same time; the account's cap holds across processes; the Redis round trips
