@@ -23,6 +23,8 @@ from typing import Any
 
 from push_logins import push_logins
 
+from scrapy_capsolver_ocr import fleet_commands
+
 PROJECT_DIR = Path(__file__).resolve().parent
 CRAWL_TIMEOUT = 600.0
 
@@ -77,6 +79,7 @@ def run_fleet(
     processes: int,
     logins: int,
     redis_url: str,
+    fleet: str,
     env: dict[str, str],
     logs: Path,
     settings: dict[str, Any],
@@ -84,8 +87,6 @@ def run_fleet(
 ) -> list[dict[str, Any]]:
     """Push ``logins`` jobs, run ``processes`` crawls of ``fleet_login``; their summaries."""
     push_logins(redis_url, logins)
-    # A fleet of this run's own: a budget counted by an earlier run does not carry over.
-    fleet = f"demo-{uuid.uuid4().hex[:8]}"
     env = {**env, "REDIS_URL": redis_url}
     crawls = []
     for number in range(1, processes + 1):
@@ -132,7 +133,6 @@ def result_fields(summary: dict[str, Any]) -> dict[str, Any]:
             for login, record in records.items()
         },
         "api_tasks": stats.get("capsolver/task_count", 0),
-        "fleet_api_tasks": stats.get("capsolver/fleet/tasks_used"),
     }
 
 
@@ -140,7 +140,8 @@ def demo_fleet(
     args: Namespace, overrides: dict[str, Any], logs: Path, servers: ExitStack
 ) -> list[dict[str, Any]]:
     """What ``run_demo.py --fleet N`` runs once its servers are up: the fields of each
-    process's ``SpiderResult``."""
+    process's ``SpiderResult``. A fleet of this run's own: a budget counted by an earlier
+    run does not carry over."""
     redis_url = args.redis_url or servers.enter_context(redis_server(logs))
     print(f"Redis:            {redis_url}  (the queue and the fleet's solving state)")
     print(f"Crawling: {args.fleet} fleet_login processes, {args.logins} login jobs\n", flush=True)
@@ -158,5 +159,14 @@ def demo_fleet(
     settings = {
         name: overrides[name] for name in ("LOG_LEVEL", "CAPSOLVER_MODULE") if name in overrides
     }
-    summaries = run_fleet(args.fleet, args.logins, redis_url, env, logs, settings, args.verbose)
-    return [result_fields(summary) for summary in summaries]
+    fleet = f"demo-{uuid.uuid4().hex[:8]}"
+    summaries = run_fleet(
+        args.fleet, args.logins, redis_url, fleet, env, logs, settings, args.verbose
+    )
+    # The fleet's own count, now that every process has ended.
+    figures = fleet_commands.run(
+        redis_url, lambda client: fleet_commands.fleet_figures(client, fleet)
+    )
+    return [
+        {**result_fields(summary), "fleet_api_tasks": figures.tasks_used} for summary in summaries
+    ]

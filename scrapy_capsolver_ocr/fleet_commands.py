@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .redis_client import RedisAddress, RedisClient, RedisReplyError, RedisUnavailable
 from .redis_scripts import FIGURES, PREFIX, RESET_BUDGET, FleetKeys
 from .redis_state import figures_from
 from .settings import check_redis_url
 from .state import StateFigures
+
+T = TypeVar("T")
 
 
 class FleetCommandError(Exception):
@@ -42,6 +44,11 @@ async def fleet_keys(client: RedisClient, fleet: str) -> FleetKeys:
         known = ", ".join(await fleet_names(client)) or "none"
         raise FleetCommandError(f"No fleet named {fleet!r} in this Redis (fleets: {known}).")
     return FleetKeys(fleet, account.decode())
+
+
+async def fleet_figures(client: RedisClient, fleet: str) -> StateFigures:
+    """The figures of ``fleet``, as ``fleet status`` shows them."""
+    return await read_figures(client, await fleet_keys(client, fleet))
 
 
 async def read_figures(client: RedisClient, keys: FleetKeys) -> StateFigures:
@@ -106,15 +113,16 @@ async def reset_budget(client: RedisClient, fleet: str) -> str:
     return f"Budget of fleet {fleet} reset ({used} API tasks were counted in this period)."
 
 
-def run(url: str, command: Callable[[RedisClient], Awaitable[str]]) -> str:
-    """Run ``command`` against the Redis at ``url`` on a reactor; its output."""
+def run(url: str, command: Callable[[RedisClient], Awaitable[T]]) -> T:
+    """Run ``command`` against the Redis at ``url`` on a reactor (once per process: a
+    reactor does not start twice); what it returned."""
     try:
         address = RedisAddress.from_url(check_redis_url("--redis-url", url))
     except ValueError as exc:
         raise FleetCommandError(str(exc)) from None
     from twisted.internet.task import react
 
-    output: list[str] = []
+    output: list[T] = []
     failure: list[str] = []
 
     async def main(reactor: Any) -> None:
