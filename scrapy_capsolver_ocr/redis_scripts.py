@@ -186,6 +186,8 @@ if ARGV[4] ~= '' and size > 0 then
     redis.call('PERSIST', KEYS[3])
   end
   redis.call('ZADD', KEYS[4], now_us(), ARGV[3])
+  -- Unused for longer than the ttl: expired (an answer is used no earlier than stored).
+  if ttl > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_us() - ttl * 1000) end
   local extra = redis.call('ZCARD', KEYS[4]) - size
   if extra > 0 then
     for _, member in ipairs(redis.call('ZRANGE', KEYS[4], 0, extra - 1)) do
@@ -246,6 +248,8 @@ if limit > 0 and tonumber(redis.call('HGET', KEYS[3], 'used')) >= limit then
   return {'stop', 'capsolver_max_tasks'}
 end
 redis.call('HINCRBY', KEYS[3], 'used', 1)
+-- A budget per period outlives its period a little, then goes: nothing to reset by hand.
+if length > 0 then redis.call('PEXPIRE', KEYS[3], 2 * length) end
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[4]), ARGV[5])
 return {'ok', tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')}
 """,

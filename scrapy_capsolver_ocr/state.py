@@ -52,7 +52,8 @@ class CallTicket:
     #: Pauses begun before the call: a block answered to a call sent before the current
     #: pause began is that pause's own block, seen late.
     epoch: int
-    #: The fleet permit held for the call, when ``fleet_concurrency`` is set.
+    #: Fleet mode: the call's lease in the shared state (it counts as a call in flight, and
+    #: as a permit when ``fleet_concurrency`` is set). None in memory mode.
     permit: str | None = None
 
 

@@ -30,9 +30,18 @@ class RedisServer:
     """One ``redis-server`` process: :meth:`start`, :meth:`kill` (SIGKILL, as a crash
     would), :meth:`start` again at the same address, :meth:`stop`."""
 
-    def __init__(self, binary: str, *, tcp: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self,
+        binary: str,
+        *,
+        tcp: bool = False,
+        password: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.binary = binary
         self.password = password
+        #: (certificate, key): the TCP port speaks TLS only (``rediss://``).
+        self.tls = tls
         self.directory = Path(tempfile.mkdtemp(prefix="capsolver-redis-"))
         self.socket = self.directory / "redis.sock"
         self.port = _free_port() if tcp else 0
@@ -45,11 +54,17 @@ class RedisServer:
     @property
     def url(self) -> str:
         """The TCP URL when there is a port, else the unix one."""
+        if self.tls:
+            return f"rediss://localhost:{self.port}/0"
         return f"redis://127.0.0.1:{self.port}/0" if self.port else self.unix_url
 
     def start(self) -> RedisServer:
         for _ in range(5):
             argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+            if self.tls:
+                argv = [self.binary, "--port", "0", "--tls-port", str(self.port)]
+                argv += ["--bind", "127.0.0.1", "--tls-auth-clients", "no"]
+                argv += ["--tls-cert-file", str(self.tls[0]), "--tls-key-file", str(self.tls[1])]
             argv += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
             argv += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
             if self.password:
