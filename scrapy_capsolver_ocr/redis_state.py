@@ -21,7 +21,7 @@ import logging
 import uuid
 from typing import Any
 
-from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import LoopingCall
 
@@ -155,7 +155,7 @@ class RedisState:
         self._calls: set[str] = set()
         self._waiters: dict[str, list[Deferred[bytes]]] = collections.defaultdict(list)
         self._permit_waiters: collections.deque[Deferred[bytes]] = collections.deque()
-        self._renewal = LoopingCall(self._renew)
+        self._renewal = LoopingCall(lambda: deferred_from_coro(self._renew()))
         self._renewal.clock = reactor
         self._closed = False
 

@@ -333,6 +333,35 @@ async def test_a_waiter_takes_over_when_the_claimant_stops_renewing(redis_url: s
 
 
 @on_reactor
+async def test_a_live_process_keeps_its_claims_and_permits_past_the_lease(
+    redis_url: str,
+) -> None:
+    from scrapy_capsolver_ocr.redis_state import RedisState
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    limits = StateLimits(fleet_concurrency=1, lease=0.6)
+    a, b = (RedisState(redis_url, name, ApiKey(API_KEY), limits) for _ in range(2))
+    await a.open()
+    await b.open()
+    try:
+        key = f"{SHA}:"
+        assert await a.claim(key)
+        ticket = await a.begin_call()
+        assert isinstance(ticket, CallTicket)
+        await sleep(1.5)  # well past the lease: renewed meanwhile, every lease / 3
+        assert not await b.claim(key)
+        assert (await b.figures()).calls_in_flight == 1
+        waiting = deferred_from_coro(b.begin_call())
+        await sleep(0.3)
+        assert not waiting.called
+        await a.end_call(ticket)
+        assert isinstance(await maybe_deferred_to_future(waiting), CallTicket)
+    finally:
+        await a.close()
+        await b.close()
+
+
+@on_reactor
 async def test_a_permit_of_a_process_that_stopped_renewing_returns_after_the_lease(
     redis_url: str,
 ) -> None:
