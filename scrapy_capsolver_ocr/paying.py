@@ -37,7 +37,7 @@ from .image_task import TaskRunner, solution_from, task_payload
 from .reading import CaptchaImage
 from .settings import SolverSettings
 from .solution import CaptchaSolution
-from .state import CallTicket, Pause, SolvingState, Stop
+from .state import CallTicket, Pause, SolvingState, Stop, take
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class CapSolverReader:
         is allowed: a pause, a close or the end of solving may begin while waiting."""
         while True:
             await self._wait_until_allowed()
-            await maybe_deferred_to_future(self._slots.acquire())
+            await take(self._slots, self._reactor)
             try:
                 self._raise_if_stopped()
                 verdict = await self.state.begin_call()

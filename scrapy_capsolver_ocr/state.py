@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.task import deferLater
 
 from .errors import CLOSE_BLOCKED, CLOSE_MAX_TASKS, CaptchaSolveError
 from .solution import CaptchaSolution
@@ -148,6 +149,17 @@ class SolvingState(Protocol):
         """Figures for status lines and stats."""
 
 
+async def take(semaphore: DeferredSemaphore, reactor: Any) -> None:
+    """Acquire ``semaphore``. A caller that had to wait resumes in a reactor turn of its
+    own: under the epoll reactor a Deferred fires its callbacks at once, so when solving
+    stops, each waiter would fail, release, and wake the next one inside its own stack, until
+    a long queue overflows it."""
+    acquiring: Deferred[Any] = semaphore.acquire()
+    if not acquiring.called:
+        acquiring.addCallback(lambda token: deferLater(reactor, 0, lambda: token))
+    await maybe_deferred_to_future(acquiring)
+
+
 class _Outcome:
     """Callers waiting for what one claimant of a key will publish."""
 
@@ -260,7 +272,7 @@ class MemoryState:
 
     async def begin_call(self) -> CallTicket | Pause | Stop:
         if self._permits is not None:
-            await maybe_deferred_to_future(self._permits.acquire())
+            await take(self._permits, self._reactor)
         verdict = self._leave()
         if self._permits is not None and not isinstance(verdict, CallTicket):
             self._permits.release()

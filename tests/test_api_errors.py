@@ -359,3 +359,27 @@ async def test_failed_balance_call_never_stops_the_crawl(
     assert crawler.spider.texts == {url: "nobal"}  # type: ignore[union-attr]
     assert stat(crawler, "finish_reason") == "finished"
     assert stat(crawler, "capsolver/balance_start", None) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_queue_of_solves_fails_at_once_when_solving_stops(
+    capsolver: CapSolverMock, image_site: str
+) -> None:
+    # Hundreds of solves wait for the one concurrency slot when the key is refused: each
+    # must end in its errback, under the epoll reactor too (where each waiter is woken by
+    # the one before it: they must not pile up on one stack).
+    capsolver.configure(faults=[{"fault": "error", "code": "ERROR_KEY_DENIED_ACCESS"}], latency=1.0)
+    urls = [f"{image_site}/captcha/queue{i}.png" for i in range(400)]
+    settings = solver_settings(
+        capsolver, CAPSOLVER_CONCURRENCY=1, CONCURRENT_REQUESTS=500, CAPSOLVER_CHECK_BALANCE=False
+    )
+    crawler = await crawl(RecordingSpider, settings, urls=urls)
+    spider: Any = crawler.spider
+
+    assert stat(crawler, "finish_reason") == "capsolver_bad_key"
+    assert set(spider.ended.values()) == {1}
+    requested = stat(crawler, "capsolver/requested")
+    assert requested >= 300
+    assert stat(crawler, "capsolver/failed") == requested == len(spider.errors)
+    assert all(isinstance(e, CaptchaAccountError) for e in spider.errors.values())
+    assert stat(crawler, "capsolver/task_count") == 1
