@@ -187,3 +187,13 @@ def test_request_options_come_before_settings_before_what_was_learnt() -> None:
         learning.answered(f"sha{number}", "http://site")
         learning.accepted(f"sha{number}", "ABCD")
     assert learning.expected("http://site", length=4).chars == "ABCD"
+
+
+def test_characters_are_not_learnt_when_nothing_could_correct_them() -> None:
+    # Without CapSolver, a character left out of the learnt alphabet could never be read.
+    formats = SiteFormats(learn_chars=False)
+    for number in range(LEARN_AFTER):
+        formats.answered(f"sha{number}", "http://site")
+        formats.accepted(f"sha{number}", "ABCD")
+    assert formats.expected("http://site").lengths == {4}
+    assert formats.expected("http://site").alphabet == DEFAULT_CHARS

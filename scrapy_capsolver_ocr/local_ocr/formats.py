@@ -6,6 +6,8 @@ The local gate needs both (see :mod:`.gate`). They come from the request
 answers the site accepted: after :data:`LEARN_AFTER` of them, the lengths and the
 characters seen so far. A character or length not seen yet only costs a paid solve (the gate
 declines, CapSolver answers, the site accepts, and it is learnt), so learning only widens.
+Without CapSolver (no API key) nothing would teach the engine a character it was kept from
+reading: the characters are then not learnt.
 
 A site is the scheme, host and port of the page the captcha is on (``website_url``), else
 of the image's URL.
@@ -62,9 +64,12 @@ def site_of(website_url: str | None, source: str) -> str:
 class SiteFormats:
     """The expected format of each site's captchas: given, or learnt from accepted answers."""
 
-    def __init__(self, length: int | None = None, chars: str | None = None) -> None:
+    def __init__(
+        self, length: int | None = None, chars: str | None = None, *, learn_chars: bool = True
+    ) -> None:
         self._length = length
         self._chars = chars
+        self._learn_chars = learn_chars
         self._sites: OrderedDict[str, _Learnt] = OrderedDict()
         self._images: OrderedDict[str, str] = OrderedDict()
 
@@ -81,7 +86,7 @@ class SiteFormats:
         lengths = frozenset([length]) if length is not None else None
         if lengths is None and learnt is not None:
             lengths = frozenset(learnt.lengths)
-        if chars is None and learnt is not None:
+        if chars is None and learnt is not None and self._learn_chars:
             chars = "".join(sorted(learnt.chars))
         return ExpectedFormat(lengths, chars)
 

@@ -42,7 +42,9 @@ class LocalReader:
         self._min_confidence = config.local_min_confidence
         # Without a key the local answer is the only one there can be.
         self._only_reader = config.api_key is None
-        self.formats = SiteFormats(config.local_length, config.local_charset)
+        self.formats = SiteFormats(
+            config.local_length, config.local_charset, learn_chars=not self._only_reader
+        )
         self.solved = 0
 
     def __repr__(self) -> str:
