@@ -82,6 +82,13 @@ def check_text(name: str, value: Any) -> str:
     return value.strip()
 
 
+def default_local_workers() -> int:
+    """Threads the local OCR engine reads in: 2, but 1 on a machine of 2 cores or fewer,
+    where the crawl itself needs one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 2 if (cores or 1) > 2 else 1
+
+
 def check_confidence(name: str, value: Any) -> float:
     allowed = "a number from 0 to 1"
     if isinstance(value, bool):
@@ -407,7 +414,9 @@ class SolverSettings:
             ),
             local_length=read.optional("CAPSOLVER_LOCAL_LENGTH", check_length),
             local_charset=read.optional("CAPSOLVER_LOCAL_CHARSET", check_charset),
-            local_workers=read.integer("CAPSOLVER_LOCAL_WORKERS", 2, minimum=1),
+            local_workers=read.integer(
+                "CAPSOLVER_LOCAL_WORKERS", default_local_workers(), minimum=1
+            ),
         )
         _warn_unknown(settings, read.names)
         return config

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,8 +19,8 @@ from twisted.internet.task import deferLater
 
 from scrapy_capsolver_ocr.local_ocr.engine import InvalidImageError, OcrEngine, model_input
 from scrapy_capsolver_ocr.local_ocr.gate import passes
-from scrapy_capsolver_ocr.local_ocr.workers import WorkerThreads
-from scrapy_capsolver_ocr.settings import DEFAULT_LOCAL_MIN_CONFIDENCE
+from scrapy_capsolver_ocr.local_ocr.workers import NICENESS, WorkerThreads
+from scrapy_capsolver_ocr.settings import DEFAULT_LOCAL_MIN_CONFIDENCE, default_local_workers
 
 DIGITS = "0123456789"
 
@@ -162,3 +164,26 @@ async def test_an_error_in_a_worker_reaches_the_caller() -> None:
             await deferred_from_coro(workers.run(broken))
     finally:
         await deferred_from_coro(workers.stop())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+@pytest_twisted.ensureDeferred
+async def test_reading_threads_yield_the_cpu_to_the_crawl() -> None:
+    from twisted.internet import reactor
+
+    workers = WorkerThreads(1, reactor)
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    try:
+        assert await deferred_from_coro(workers.run(niceness)) == niceness() + NICENESS
+    finally:
+        await deferred_from_coro(workers.stop())
+
+
+def test_one_reading_thread_on_a_small_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_local_workers() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert default_local_workers() == 2

@@ -2,10 +2,17 @@
 
 A pool of its own (not the reactor's, which DNS lookups and other components share), with
 at most ``workers`` threads, created when first needed and stopped when the crawl ends.
+
+On Linux the threads run at a lower scheduling priority (nice +10): reading captchas uses
+the CPU the crawl leaves idle, and the reactor thread (and whatever else runs on the
+machine) gets the cores first when both want them.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,6 +22,31 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
+
+#: How much nicer than the crawl the reading threads are (Linux: per thread).
+NICENESS = 10
+_lowered = threading.local()
+
+
+def lower_priority() -> None:
+    """Lower the calling thread's scheduling priority by :data:`NICENESS`, once per thread
+    (Linux, where each thread has its own nice value; elsewhere nothing is changed)."""
+    if getattr(_lowered, "done", False):
+        return
+    _lowered.done = True
+    if sys.platform.startswith("linux"):
+        try:
+            thread = threading.get_native_id()
+            os.setpriority(
+                os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + NICENESS
+            )
+        except OSError:  # not allowed in this sandbox: the threads keep the crawl's priority
+            pass
+
+
+def _at_low_priority(function: Callable[..., T], *args: Any) -> T:
+    lower_priority()
+    return function(*args)
 
 
 class WorkerThreads:
@@ -38,7 +70,9 @@ class WorkerThreads:
         """``function(*args)`` in a worker thread; its result or its exception."""
         if self._stopped:
             raise RuntimeError("the local OCR threads are stopped")
-        running: Deferred[T] = deferToThreadPool(self._reactor, self._pool, function, *args)
+        running: Deferred[T] = deferToThreadPool(
+            self._reactor, self._pool, _at_low_priority, function, *args
+        )
         self._running.add(running)
         try:
             return await maybe_deferred_to_future(running)
