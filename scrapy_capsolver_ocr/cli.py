@@ -13,9 +13,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
-from scrapy_capsolver_ocr import api_commands, ocr_server
+from scrapy_capsolver_ocr import api_commands, ocr_server, ocr_server_http
 from scrapy_capsolver_ocr.local_ocr import OcrUnavailableError, require_ddddocr
 from scrapy_capsolver_ocr.settings import (
     DEFAULT_API_URL,
@@ -64,9 +64,9 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "serve",
         help="run a local CapSolver-compatible server that reads image captchas offline",
         description=(
-            "Serve CapSolver's createTask (ImageToTextTask), getBalance and feedbackTask "
-            "on this machine, reading images with ddddocr. The first line on stdout is "
-            "the server's URL, printed once the port is bound."
+            "Serve CapSolver's createTask (ImageToTextTask), getTaskResult, getBalance and "
+            "feedbackTask on this machine, reading images with ddddocr. The first line on "
+            "stdout is the server's URL, printed once the port is bound."
         ),
     )
     serve.add_argument("--host", default=ocr_server.DEFAULT_HOST, help="default: %(default)s")
@@ -91,6 +91,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             f"(default: ${REQUIRE_KEY_ENV}; unset: any key is accepted)"
         ),
     )
+    for option, metavar, kind, default, meaning in _SERVE_LIMITS:
+        serve.add_argument(option, metavar=metavar, type=kind, default=default, help=meaning)
     serve.add_argument("--log-level", choices=_LOG_LEVELS, default="INFO")
     serve.set_defaults(run=_serve)
 
@@ -191,16 +193,27 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
 
 def _solve(args: argparse.Namespace) -> int:
     try:
+        config = _api_config(args)
         if args.image == "-":
-            image, source = sys.stdin.buffer.read(), "stdin"
+            image, source = _read_image(sys.stdin.buffer, "stdin", config.max_image_size), "stdin"
         else:
             with open(args.image, "rb") as file:
-                image, source = file.read(), args.image
-        config = _api_config(args)
+                image, source = _read_image(file, args.image, config.max_image_size), args.image
     except (OSError, api_commands.CommandError) as exc:
         return _fail("solve", exc)
     command = api_commands.solve_command(image, source, args.module, args.score)
     return api_commands.run("solve", config, command)
+
+
+def _read_image(stream: BinaryIO, source: str, max_size: int) -> bytes:
+    # One byte over the limit tells a file that is too large from one that just fits,
+    # without reading all of it: /dev/zero or an endless pipe would never end.
+    image = stream.read(max_size + 1)
+    if len(image) > max_size:
+        raise api_commands.CommandError(
+            f"{source}: over {max_size} bytes (CAPSOLVER_MAX_IMAGE_SIZE): not a captcha image"
+        )
+    return image
 
 
 def _balance(args: argparse.Namespace) -> int:
@@ -227,23 +240,35 @@ def _fail(command: str, exc: Exception) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        engine = ocr_server.DdddOcrEngine()
+        engine = ocr_server.DdddOcrEngine(args.max_pixels)
     except ocr_server.OcrUnavailableError as exc:
         return _fail("serve", exc)
     _configure_logging(args.log_level)
     from twisted.internet.error import CannotListenError
 
     try:
-        ocr_server.serve(
-            engine,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            require_key=args.require_key,
-        )
+        ocr_server.serve(engine, **serve_options(args))
     except CannotListenError as exc:
         return _fail("serve", exc)
     return 0
+
+
+def serve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`~scrapy_capsolver_ocr.ocr_server.start_server` that
+    the options of ``serve`` ask for."""
+    return {
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "require_key": args.require_key,
+        "max_pixels": args.max_pixels,
+        "limits": ocr_server.ServerLimits(
+            max_body=args.max_body,
+            idle_timeout=args.idle_timeout,
+            request_timeout=args.request_timeout,
+            max_connections=args.max_connections,
+        ),
+    }
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -315,3 +340,46 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0 (a free port) to 65535, got {value}")
     return value
+
+
+#: The options of ``serve`` that bound what clients may ask: option, metavar, type, default,
+#: meaning.
+_SERVE_LIMITS: list[tuple[str, str | None, Callable[[str], Any], Any, str]] = [
+    (
+        "--max-pixels",
+        None,
+        _positive_int,
+        ocr_server.DEFAULT_MAX_PIXELS,
+        "images whose header declares more pixels are refused before decoding "
+        "(default: %(default)s, as CAPSOLVER_MAX_IMAGE_PIXELS)",
+    ),
+    (
+        "--max-body",
+        "BYTES",
+        _positive_int,
+        ocr_server_http.DEFAULT_MAX_BODY,
+        "larger request bodies are refused unread (default: %(default)s)",
+    ),
+    (
+        "--request-timeout",
+        "SECONDS",
+        _seconds,
+        ocr_server_http.DEFAULT_REQUEST_TIMEOUT,
+        "time a client has to send a whole request once it starts (default: %(default)g)",
+    ),
+    (
+        "--idle-timeout",
+        "SECONDS",
+        _seconds,
+        ocr_server_http.DEFAULT_IDLE_TIMEOUT,
+        "close connections silent this long between requests (default: %(default)g)",
+    ),
+    (
+        "--max-connections",
+        None,
+        _positive_int,
+        None,
+        "open connections at most; over it, the longest-idle one is closed "
+        "(default: the open-file limit less 64)",
+    ),
+]

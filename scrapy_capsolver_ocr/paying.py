@@ -126,7 +126,6 @@ class CapSolverReader:
     async def read(self, captcha: CaptchaImage) -> CaptchaSolution:
         """The answer for ``captcha``: from the cache, from a call in flight for the same
         image (in any process of the fleet), or from a createTask call of its own."""
-        self._raise_if_stopped()
         key = captcha.key
         cached = await self._state_call(lambda: self.state.cached(key))
         if cached is not None:
@@ -175,7 +174,7 @@ class CapSolverReader:
                 return await self._runner.run(payload)
             # Acted on before the slot is released: the next caller must see the new state.
             except CaptchaBlockedError as exc:
-                self._on_blocked(exc, await self.state.blocked(ticket))
+                self._on_blocked(exc, await self._state_or_none(self.state.blocked(ticket)))
                 raise
             except CaptchaAccountError as exc:
                 self._fail_crawl(exc)

@@ -75,6 +75,38 @@ async def test_wrong_solve_image_value_fails_before_download(
 
 
 @pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"captcha_attempt": 0}, "captcha_attempt"),
+        ({"captcha_attempt": "2"}, "captcha_attempt"),
+        ({"captcha_field": 3}, "captcha_field"),
+        ({"captcha_retry_if": "Wrong"}, "needs meta['captcha_field']"),
+        ({"captcha_field": "c", "captcha_retry_if": "(unclosed"}, "not a valid regular"),
+        ({"captcha_field": "c", "captcha_solution": 42}, "captcha_solution"),
+        ({"cookiejar": ["unhashable"]}, "cookiejar"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_wrong_captcha_meta_fails_before_download(
+    capsolver: CapSolverMock, image_site: str, meta: dict[str, Any], message: str
+) -> None:
+    url = f"{image_site}/captcha/meta1.png"
+    crawler = await crawl(
+        RecordingSpider,
+        solver_settings(capsolver),
+        urls=[url],
+        meta={"solve_image": True, **meta},
+    )
+    spider: Any = crawler.spider
+    assert spider.ended == {url: 1}
+    error = spider.errors[url]
+    assert isinstance(error, CaptchaOptionsError)
+    assert message in str(error)
+    assert capsolver.calls() == []
+    assert stat(crawler, "downloader/request_count") == 0
+
+
+@pytest.mark.parametrize(
     ("head", "kind"),
     [
         (b"\x89PNG\r\n\x1a\n", "png"),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import captcha
 import pytest
@@ -36,10 +37,13 @@ def png(text: str, *, embed: bool = False) -> bytes:
 
 
 def run_cli(
-    *args: str, key: str | None = API_KEY, stdin: bytes | None = None, api_url: str = ""
+    *args: str,
+    key: str | None = API_KEY,
+    stdin: bytes | BinaryIO | None = None,
+    api_url: str = "",
 ) -> subprocess.CompletedProcess[str]:
     """``python -m scrapy_capsolver_ocr ARGS`` with only the key (and ``$CAPSOLVER_API_URL``)
-    this test gives it."""
+    this test gives it; ``stdin`` is the bytes or the file it reads."""
     env = {
         name: value
         for name, value in os.environ.items()
@@ -49,9 +53,11 @@ def run_cli(
         env[cli.API_KEY_ENV] = key
     if api_url:
         env[cli.API_URL_ENV] = api_url
+    piped = isinstance(stdin, bytes)
     result = subprocess.run(
         [sys.executable, "-m", "scrapy_capsolver_ocr", *args],
-        input=stdin,
+        input=stdin if piped else None,
+        stdin=None if piped else stdin,
         capture_output=True,
         env=env,
         timeout=120,
@@ -165,6 +171,30 @@ def test_not_an_image_fails_without_an_api_call(capsolver: CapSolverMock, tmp_pa
     result = run_cli("solve", str(page), "--api-url", capsolver.url)
     assert "not a PNG, JPEG, GIF, BMP or WEBP image" in assert_one_line_error(result, "solve")
     assert capsolver.calls(method=None) == []
+
+
+MAX_IMAGE_SIZE = 1_048_576  # CAPSOLVER_MAX_IMAGE_SIZE's default
+
+
+def test_endless_input_is_refused_after_the_size_limit(capsolver: CapSolverMock) -> None:
+    with open("/dev/zero", "rb") as zeros:
+        from_stdin = run_cli("solve", "-", "--api-url", capsolver.url, stdin=zeros)
+    from_file = run_cli("solve", "/dev/zero", "--api-url", capsolver.url)
+    assert assert_one_line_error(from_stdin, "solve").endswith(
+        f"stdin: over {MAX_IMAGE_SIZE} bytes (CAPSOLVER_MAX_IMAGE_SIZE): not a captcha image"
+    )
+    assert f"/dev/zero: over {MAX_IMAGE_SIZE} bytes" in assert_one_line_error(from_file, "solve")
+    assert capsolver.calls(method=None) == []
+
+
+def test_a_file_of_the_size_limit_is_read_whole(capsolver: CapSolverMock, tmp_path: Path) -> None:
+    at_limit, over = tmp_path / "at-limit.bin", tmp_path / "over.bin"
+    at_limit.write_bytes(b"<html>" + b" " * (MAX_IMAGE_SIZE - 6))
+    over.write_bytes(at_limit.read_bytes() + b" ")
+    read = run_cli("solve", str(at_limit), "--api-url", capsolver.url)
+    assert "not a PNG, JPEG, GIF, BMP or WEBP image" in assert_one_line_error(read, "solve")
+    refused = run_cli("solve", "-", "--api-url", capsolver.url, stdin=over.read_bytes())
+    assert "stdin: over 1048576 bytes" in assert_one_line_error(refused, "solve")
 
 
 def test_missing_file_is_a_one_line_error(capsolver: CapSolverMock, tmp_path: Path) -> None:

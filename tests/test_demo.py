@@ -138,3 +138,28 @@ def test_demo_logs_in_in_a_browser(tmp_path: Path) -> None:
     assert list(summary["spiders"]) == ["browser_login"]
     assert summary["logins_succeeded"] > 0
     assert_every_wrong_answer_retried_within_the_limit(summary)
+
+
+def test_the_example_project_names_what_it_lacks() -> None:
+    # As in an environment without the demo extra: form2request cannot be imported.
+    hide = "import sys; sys.modules['form2request'] = None; "
+    run = "from scrapy.cmdline import execute; execute(['scrapy', 'list'])"
+    result = subprocess.run(
+        [sys.executable, "-c", hide + run],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT / "example_project",
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "pip install -r example_project/requirements.txt" in result.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "scrapy", "list"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT / "example_project",
+        timeout=120,
+        check=True,
+    )
+    assert listed.stdout.split() == ["browser_login", "image_login", "page_login"]

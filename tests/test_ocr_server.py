@@ -2,84 +2,47 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import os
+import logging
 import sys
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
-import captcha
 import pytest
 import pytest_twisted
 import treq
 from captcha.image import ImageCaptcha
-from PIL import Image, ImageDraw, ImageFont
+from ocr_server_helpers import (
+    FAKE_SERVER,
+    KEY,
+    OK_KEYS,
+    SERVE,
+    GateEngine,
+    JsonObject,
+    RecordingEngine,
+    assert_error,
+    b64,
+    call,
+    clean_png,
+    image_held,
+    image_task,
+    server_env,
+)
+from PIL import Image
+from scrapy.settings import Settings
+from servers.image_bombs import png_bomb
 from servers.process import running_server
-from twisted.internet.threads import deferToThread
+from twisted.python.threadpool import ThreadPool
 
 from scrapy_capsolver_ocr import cli, ocr_server
+from scrapy_capsolver_ocr.ocr_server_api import ApiError, LocalCapSolver, read_task
+from scrapy_capsolver_ocr.ocr_server_http import parse_json
+from scrapy_capsolver_ocr.settings import SolverSettings
 
-SERVE = ["-m", "scrapy_capsolver_ocr", "serve", "--port", "0"]
-FAKE_SERVER = str(Path(__file__).parent / "servers" / "fake_ocr_server.py")
-FONT = str(Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf")
-KEY = "local-test-key"
-OK_KEYS = {"errorId", "errorCode", "errorDescription"}
 CREATE_TASK_KEYS = OK_KEYS | {"status", "solution", "taskId"}
-
-JsonObject = dict[str, Any]
-
-
-def server_env(**extra: str) -> dict[str, str]:
-    """This environment without a required key from the developer's shell, plus ``extra``."""
-    env = {name: value for name, value in os.environ.items() if name != cli.REQUIRE_KEY_ENV}
-    return {**env, **extra}
-
-
-def call(url: str, method: str, payload: object = None, *, raw: bytes | None = None) -> Any:
-    """POST to the API; return (HTTP status, JSON answer) whatever the status."""
-    body = raw if raw is not None else json.dumps(payload).encode()
-    request = urllib.request.Request(
-        f"{url}/{method}", data=body, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.load(error)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def clean_png(text: str) -> bytes:
-    """Black text on white: any OCR reads it, so answers can be checked exactly."""
-    picture = Image.new("RGB", (160, 60), "white")
-    ImageDraw.Draw(picture).text((10, 8), text, fill="black", font=ImageFont.truetype(FONT, 40))
-    out = io.BytesIO()
-    picture.save(out, format="PNG")
-    return out.getvalue()
-
-
-def image_task(body: str, **fields: object) -> JsonObject:
-    return {"clientKey": KEY, "task": {"type": "ImageToTextTask", "body": body, **fields}}
-
-
-def assert_error(answer: tuple[int, JsonObject], status: int, code: str) -> None:
-    http_status, data = answer
-    assert (http_status, data["errorCode"]) == (status, code), data
-    assert set(data) == OK_KEYS
-    assert data["errorId"] == 1
-    assert isinstance(data["errorDescription"], str) and data["errorDescription"]
 
 
 @pytest.fixture(scope="module")
@@ -144,66 +107,85 @@ def test_image_without_text_is_unsolvable(ocr_url: str) -> None:
 PNG = clean_png("4821")
 
 
+REQUEST_ERRORS = {
+    # id: (method, request body or JSON, HTTP status, errorCode)
+    "bad-json": ("createTask", b"{not json", 400, "ERROR_BAD_REQUEST"),
+    "json-not-object": ("createTask", b"[1, 2]", 400, "ERROR_BAD_REQUEST"),
+    "empty-body": ("getBalance", b"", 400, "ERROR_BAD_REQUEST"),
+    "not-utf8": ("getBalance", b'{"clientKey": "\xff"}', 400, "ERROR_BAD_REQUEST"),
+    "nested-json": ("createTask", b"[" * 100_000 + b"]" * 100_000, 400, "ERROR_BAD_REQUEST"),
+    "unknown-method": ("solveEverything", {"clientKey": KEY}, 400, "ERROR_BAD_REQUEST"),
+    "no-task": ("createTask", {"clientKey": KEY}, 400, "ERROR_INVALID_TASK_DATA"),
+    "no-body": (
+        "createTask",
+        {"task": {"type": "ImageToTextTask"}},
+        400,
+        "ERROR_INVALID_TASK_DATA",
+    ),
+    "no-type": ("createTask", {"task": {"body": b64(PNG)}}, 400, "ERROR_INVALID_TASK_DATA"),
+    "empty-body-field": ("createTask", image_task(""), 400, "ERROR_INVALID_TASK_DATA"),
+    "bad-base64": ("createTask", image_task("not base64!"), 400, "ERROR_PARSE_IMAGE_FAIL"),
+    "data-uri-prefix": (
+        "createTask",
+        image_task("data:image/png;base64," + b64(PNG)),
+        400,
+        "ERROR_PARSE_IMAGE_FAIL",
+    ),
+    "newline-in-base64": (
+        "createTask",
+        image_task(b64(PNG)[:40] + "\n" + b64(PNG)[40:]),
+        400,
+        "ERROR_PARSE_IMAGE_FAIL",
+    ),
+    "batch-images": (
+        "createTask",
+        {"task": {"type": "ImageToTextTask", "module": "number", "images": [b64(PNG)]}},
+        400,
+        "ERROR_INVALID_TASK_DATA",
+    ),
+    "not-an-image": (
+        "createTask",
+        image_task(b64(b"plain text, no image")),
+        400,
+        "ERROR_INVALID_IMAGE",
+    ),
+    "truncated-image": ("createTask", image_task(b64(PNG[:100])), 400, "ERROR_INVALID_IMAGE"),
+    "unknown-task-type": (
+        "createTask",
+        {"task": {"type": "ReCaptchaV2Task", "websiteURL": "https://example.com"}},
+        400,
+        "ERROR_TASK_NOT_SUPPORTED",
+    ),
+    "feedback-unknown-task-id": (
+        "feedbackTask",
+        {"taskId": str(uuid.uuid4())},
+        400,
+        "ERROR_TASKID_INVALID",
+    ),
+    "feedback-no-task-id": (
+        "feedbackTask",
+        {"result": {"invalid": True}},
+        400,
+        "ERROR_TASKID_INVALID",
+    ),
+    "result-unknown-task-id": (
+        "getTaskResult",
+        {"clientKey": KEY, "taskId": str(uuid.uuid4())},
+        400,
+        "ERROR_TASKID_INVALID",
+    ),
+    "result-no-task-id": ("getTaskResult", {"clientKey": KEY}, 400, "ERROR_TASKID_INVALID"),
+    "result-task-id-not-string": (
+        "getTaskResult",
+        {"clientKey": KEY, "taskId": 12},
+        400,
+        "ERROR_TASKID_INVALID",
+    ),
+}
+
+
 @pytest.mark.parametrize(
-    ("method", "raw", "status", "code"),
-    [
-        ("createTask", b"{not json", 400, "ERROR_BAD_REQUEST"),
-        ("createTask", b"[1, 2]", 400, "ERROR_BAD_REQUEST"),
-        ("getBalance", b"", 400, "ERROR_BAD_REQUEST"),
-        ("createTask", {"clientKey": KEY}, 400, "ERROR_INVALID_TASK_DATA"),
-        ("createTask", {"task": {"type": "ImageToTextTask"}}, 400, "ERROR_INVALID_TASK_DATA"),
-        ("createTask", {"task": {"body": b64(PNG)}}, 400, "ERROR_INVALID_TASK_DATA"),
-        ("createTask", image_task(""), 400, "ERROR_INVALID_TASK_DATA"),
-        ("createTask", image_task("not base64!"), 400, "ERROR_INVALID_TASK_DATA"),
-        (
-            "createTask",
-            image_task("data:image/png;base64," + b64(PNG)),
-            400,
-            "ERROR_INVALID_TASK_DATA",
-        ),
-        (
-            "createTask",
-            image_task(b64(PNG)[:40] + "\n" + b64(PNG)[40:]),
-            400,
-            "ERROR_INVALID_TASK_DATA",
-        ),
-        ("createTask", image_task(b64(PNG), module=7), 400, "ERROR_INVALID_TASK_DATA"),
-        (
-            "createTask",
-            {"task": {"type": "ImageToTextTask", "module": "number", "images": [b64(PNG)]}},
-            400,
-            "ERROR_INVALID_TASK_DATA",
-        ),
-        ("createTask", image_task(b64(b"plain text, no image")), 400, "ERROR_INVALID_IMAGE"),
-        ("createTask", image_task(b64(PNG[:100])), 400, "ERROR_INVALID_IMAGE"),
-        (
-            "createTask",
-            {"task": {"type": "ReCaptchaV2Task", "websiteURL": "https://example.com"}},
-            400,
-            "ERROR_TASK_NOT_SUPPORTED",
-        ),
-        ("feedbackTask", {"taskId": str(uuid.uuid4())}, 400, "ERROR_TASKID_INVALID"),
-        ("feedbackTask", {"result": {"invalid": True}}, 400, "ERROR_TASKID_INVALID"),
-    ],
-    ids=[
-        "bad-json",
-        "json-not-object",
-        "empty-body",
-        "no-task",
-        "no-body",
-        "no-type",
-        "empty-body-field",
-        "bad-base64",
-        "data-uri-prefix",
-        "newline-in-base64",
-        "module-not-string",
-        "batch-images",
-        "not-an-image",
-        "truncated-image",
-        "unknown-task-type",
-        "unknown-task-id",
-        "no-task-id",
-    ],
+    ("method", "raw", "status", "code"), REQUEST_ERRORS.values(), ids=REQUEST_ERRORS.keys()
 )
 def test_request_errors_get_capsolver_error_answers(
     ocr_url: str, method: str, raw: bytes | JsonObject, status: int, code: str
@@ -213,6 +195,92 @@ def test_request_errors_get_capsolver_error_answers(
     else:
         answer = call(ocr_url, method, raw)
     assert_error(answer, status, code)
+
+
+WRONG_FIELDS = {
+    # id: (the field as a request names it, the request)
+    "score-string": ("task.score", image_task(b64(PNG), score="0.9")),
+    "score-boolean": ("task.score", image_task(b64(PNG), score=True)),
+    "score-below-range": ("task.score", image_task(b64(PNG), score=0.5)),
+    "score-above-range": ("task.score", image_task(b64(PNG), score=1.5)),
+    "score-huge": ("task.score", image_task(b64(PNG), score=10**300)),
+    "module-number": ("task.module", image_task(b64(PNG), module=7)),
+    "module-list": ("task.module", image_task(b64(PNG), module=["number"])),
+    "website-url-number": ("task.websiteURL", image_task(b64(PNG), websiteURL=5)),
+    "body-number": ("task.body", image_task(123)),
+    "body-object": ("task.body", image_task({"data": b64(PNG)})),
+    "type-number": ("task.type", {"task": {"type": 5, "body": b64(PNG)}}),
+    "app-id-zero": ("appId", {**image_task(b64(PNG)), "appId": 0}),
+}
+
+
+@pytest.mark.parametrize(("field", "request_json"), WRONG_FIELDS.values(), ids=WRONG_FIELDS.keys())
+def test_wrong_field_types_are_invalid_task_data_naming_the_field(
+    ocr_url: str, field: str, request_json: JsonObject
+) -> None:
+    answer = call(ocr_url, "createTask", request_json)
+    assert_error(answer, 400, "ERROR_INVALID_TASK_DATA")
+    assert field in answer[1]["errorDescription"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"score": 0.8}, {"score": 1}, {"module": None, "websiteURL": None}, {"module": ""}],
+    ids=["score-low-end", "score-integer-high-end", "nulls-are-absent", "empty-module"],
+)
+def test_optional_fields_within_their_types_are_accepted(fake_url: str, fields: JsonObject) -> None:
+    status, answer = call(fake_url, "createTask", image_task(b64(b"four"), **fields))
+    assert (status, answer["solution"]) == (200, {"text": "common:4"})
+
+
+def test_get_task_result_answers_the_ready_task(ocr_url: str) -> None:
+    _, created = call(ocr_url, "createTask", image_task(b64(clean_png("AB12"))))
+    request = {"clientKey": KEY, "taskId": created["taskId"]}
+    assert call(ocr_url, "getTaskResult", request) == (200, created)
+    assert created["status"] == "ready"
+    assert created["solution"] == {"text": "AB12"}
+
+
+@pytest.mark.parametrize("verb", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])
+@pytest.mark.parametrize("path", ["createTask", "getBalance", "nowhere"])
+def test_other_http_verbs_get_a_json_error(fake_url: str, verb: str, path: str) -> None:
+    assert_error(call(fake_url, path, raw=b"", verb=verb), 400, "ERROR_BAD_REQUEST")
+
+
+def test_images_declaring_too_many_pixels_are_refused(ocr_url: str) -> None:
+    for image in (png_bomb(50000, 50000, rows=1), png_bomb(1001, 1000, rows=1)):
+        answer = call(ocr_url, "createTask", image_task(b64(image)))
+        assert_error(answer, 400, "ERROR_INVALID_IMAGE")
+        assert "--max-pixels" in answer[1]["errorDescription"]
+
+
+def test_images_the_header_check_cannot_read_are_capped_by_the_engine(ocr_url: str) -> None:
+    # TIFF: a format whose size only the decoder reads; it stops before the pixels.
+    picture = Image.new("1", (1001, 1000), 1)
+    out = io.BytesIO()
+    picture.save(out, format="TIFF", compression="packbits")
+    answer = call(ocr_url, "createTask", image_task(b64(out.getvalue())))
+    assert_error(answer, 400, "ERROR_INVALID_IMAGE")
+    assert "1001x1000 pixels" in answer[1]["errorDescription"]
+
+
+def test_strips_too_wide_for_the_model_are_refused_by_the_engine(ocr_url: str) -> None:
+    # 1,000,000 pixels, within the cap, but 64000 px wide once scaled to the model's height.
+    answer = call(ocr_url, "createTask", image_task(b64(png_bomb(100_000, 10))))
+    assert_error(answer, 400, "ERROR_INVALID_IMAGE")
+    assert "scaled to 64 px high" in answer[1]["errorDescription"]
+
+
+def test_the_official_sdk_solves_through_the_server(
+    ocr_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capsolver = pytest.importorskip("capsolver", reason="the official SDK: pip install capsolver")
+    monkeypatch.setattr(capsolver, "api_base", ocr_url)
+    monkeypatch.setattr(capsolver, "api_key", KEY)
+    solution = capsolver.solve({"type": "ImageToTextTask", "body": b64(clean_png("AB12"))})
+    assert solution == {"text": "AB12"}
+    with pytest.raises(capsolver.error.InvalidRequestError, match="base64"):
+        capsolver.solve({"type": "ImageToTextTask", "body": "not base64!"})
 
 
 def test_get_balance_answers_the_fixed_local_balance(ocr_url: str) -> None:
@@ -293,44 +361,109 @@ def test_serve_reads_the_required_key_from_the_environment(
     assert args.require_key == "from-flag"
 
 
-@pytest.mark.parametrize("option", [["--workers", "0"], ["--port", "70000"], ["--port", "x"]])
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--workers", "0"],
+        ["--port", "70000"],
+        ["--port", "x"],
+        ["--max-body", "0"],
+        ["--max-pixels", "x"],
+        ["--idle-timeout", "0"],
+        ["--request-timeout", "-1"],
+        ["--max-connections", "0"],
+    ],
+)
 def test_serve_refuses_bad_options(option: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["serve", *option])
     assert exit_info.value.code == 2
 
 
-class GateEngine:
-    """Holds every image until released, and says when one is being read."""
-
-    def __init__(self) -> None:
-        self.reading = threading.Event()
-        self.release = threading.Event()
-        self.threads: set[str] = set()
-
-    def recognize(self, image: bytes, module: str) -> str:
-        self.threads.add(threading.current_thread().name)
-        self.reading.set()
-        self.release.wait(timeout=30)
-        return image.decode()
-
-
 @pytest_twisted.ensureDeferred
 async def test_start_server_reads_off_the_reactor_thread() -> None:
     engine = GateEngine()
-    server = ocr_server.start_server(engine, workers=1, require_key=KEY)
-    try:
-        solving = treq.post(f"{server.url}/createTask", json=image_task(b64(b"ok")), timeout=30)
-        await deferToThread(engine.reading.wait, 30)
+    async with image_held(engine, require_key=KEY) as (url, solving):
         # The image is being read, yet the reactor answers.
-        balance = await treq.post(f"{server.url}/getBalance", json={"clientKey": KEY})
+        balance = await treq.post(f"{url}/getBalance", json={"clientKey": KEY})
         assert balance.code == 200
         await balance.content()
         engine.release.set()
         response = await solving
         answer = await response.json()
-    finally:
-        engine.release.set()
-        await server.stop()
     assert (response.code, answer["solution"]) == (200, {"text": "ok"})
     assert threading.main_thread().name not in engine.threads
+
+
+async def post(url: str, method: str, body: bytes) -> tuple[int, JsonObject]:
+    response = await treq.post(f"{url}/{method}", data=body, timeout=30)
+    return response.code, await response.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nested_json_is_a_bad_request_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = ocr_server.start_server(RecordingEngine())
+    try:
+        with caplog.at_level(logging.DEBUG):
+            answer = await post(server.url, "createTask", b"[" * 100_000 + b"]" * 100_000)
+    finally:
+        await server.stop()
+    assert_error(answer, 400, "ERROR_BAD_REQUEST")
+    assert "nested" in answer[1]["errorDescription"]
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pixel_cap_refuses_before_the_engine_sees_the_image() -> None:
+    engine = RecordingEngine()
+    server = ocr_server.start_server(engine, max_pixels=100 * 100)
+    at_limit, over = png_bomb(100, 100), png_bomb(101, 100, rows=1)
+    try:
+        refused = await post(server.url, "createTask", json.dumps(image_task(b64(over))).encode())
+        read = await post(server.url, "createTask", json.dumps(image_task(b64(at_limit))).encode())
+    finally:
+        await server.stop()
+    assert_error(refused, 400, "ERROR_INVALID_IMAGE")
+    assert "101x100 pixels" in refused[1]["errorDescription"]
+    assert read[0] == 200
+    assert engine.images == [at_limit]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_task_memory_keeps_the_latest_answers_only() -> None:
+    from twisted.internet import reactor
+
+    pool = ThreadPool(minthreads=0, maxthreads=1)
+    pool.start()
+    api = LocalCapSolver(RecordingEngine(), pool, reactor, max_pixels=10**6, remembered_tasks=2)
+    try:
+        answers = [await api.create_task(image_task(b64(PNG))) for _ in range(3)]
+    finally:
+        pool.stop()
+    task_ids = [answer["taskId"] for answer in answers]
+    with pytest.raises(ApiError) as forgotten:
+        api.get_task_result({"taskId": task_ids[0]})
+    assert forgotten.value.code == "ERROR_TASKID_INVALID"
+    assert [api.get_task_result({"taskId": task_id}) for task_id in task_ids[1:]] == answers[1:]
+
+
+def test_read_task_treats_nulls_as_absent_and_defaults_the_module() -> None:
+    task = image_task(b64(PNG), module=None, score=None, websiteURL=None)
+    assert read_task(task) == (PNG, "common")
+    assert read_task(image_task(b64(PNG), module="number", score=0.95)) == (PNG, "number")
+
+
+def test_parse_json_refuses_what_is_not_a_json_object() -> None:
+    for body in (b"[" * 100_000, b"\xff", b"3", b"1" * 5000):
+        with pytest.raises(ApiError) as refused:
+            parse_json(body)
+        assert refused.value.code == "ERROR_BAD_REQUEST"
+    assert parse_json(b'{"taskId": "x"}') == {"taskId": "x"}
+
+
+def test_the_default_pixel_cap_is_the_plugins() -> None:
+    plugin_default = SolverSettings.from_settings(Settings()).max_image_pixels
+    assert plugin_default == ocr_server.DEFAULT_MAX_PIXELS
+    assert cli.build_parser().parse_args(["serve"]).max_pixels == plugin_default

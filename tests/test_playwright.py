@@ -146,6 +146,7 @@ class LoginSpider(scrapy.Spider):
         self.flow = flow
         self.verdicts: dict[str, list[str]] = {}
         self.texts: dict[str, str] = {}
+        self.attempts: dict[str, int] = {}
         self.errors: dict[str, BaseException] = {}
         self.page_closed_in_errback: dict[str, bool] = {}
         self.open_pages_at_close: int | None = None
@@ -169,6 +170,7 @@ class LoginSpider(scrapy.Spider):
     async def parse(self, response: Response) -> AsyncIterator[Any]:
         label = response.meta["label"]
         self.texts[label] = response.meta["captcha_text"]
+        self.attempts[label] = response.meta["captcha_attempt"]
         page = response.meta.get("playwright_page")
         if page is None:
             # The browser is gone: post the form with Scrapy, as a spider without the page would.
@@ -232,6 +234,8 @@ async def test_img_canvas_css_and_late_captchas_are_solved_typed_and_accepted(
 
     assert spider.errors == {}
     assert spider.verdicts == {label: ["accepted"] for label, _, _ in visits}
+    # Published like every other solve: the attempt of the captcha chain comes with it.
+    assert spider.attempts == {label: 1 for label, _, _ in visits}
     assert len(set(spider.texts.values())) == len(visits)  # a captcha of its own for each
     assert len(capsolver.calls()) == len(visits)
     assert stat(crawler, "capsolver/solved") == len(visits)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pytest
 import pytest_twisted
 from conftest import CapSolverMock
 from crawling import RecordingSpider, crawl, solver_settings
@@ -22,63 +23,51 @@ def slot_warnings(caplog: Any) -> list[str]:
     ]
 
 
+WARNING = (
+    "CONCURRENT_REQUESTS (4) is below CAPSOLVER_CONCURRENCY (8): a request waiting for "
+    "its captcha answer holds one of Scrapy's request slots, so at most 4 solves run at "
+    "once and other pages wait while they do. Set CONCURRENT_REQUESTS to "
+    "CAPSOLVER_CONCURRENCY plus what the pages need."
+)
+
+
+@pytest.mark.parametrize(
+    ("requests", "add_slots", "effective", "in_flight", "warnings"),
+    [
+        # Without slots of their own, the request slots cap the solves, and the user is told.
+        (4, False, 4, 4, [WARNING]),
+        (12, False, 12, 8, []),
+        # The add-on's default: the solves get CAPSOLVER_CONCURRENCY slots on top.
+        (4, True, 4 + 8, 8, []),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_concurrent_requests_caps_the_solves_and_is_warned_about(
-    capsolver: CapSolverMock, image_site: str, caplog: Any
+async def test_request_slots_cap_the_solves_in_flight(
+    capsolver: CapSolverMock,
+    image_site: str,
+    caplog: Any,
+    requests: int,
+    add_slots: bool,
+    effective: int,
+    in_flight: int,
+    warnings: list[str],
 ) -> None:
     caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.middleware")
     capsolver.configure(faults=[SLOW_TASKS])
-    urls = [f"{image_site}/captcha/capped{i}.png" for i in range(8)]
+    urls = [f"{image_site}/captcha/slots{requests}{add_slots}{i}.png" for i in range(8)]
     settings = solver_settings(
         capsolver,
         CAPSOLVER_CONCURRENCY=8,
-        CONCURRENT_REQUESTS=4,
-        CAPSOLVER_ADD_REQUEST_SLOTS=False,
+        CONCURRENT_REQUESTS=requests,
+        CAPSOLVER_ADD_REQUEST_SLOTS=add_slots,
     )
     crawler = await crawl(RecordingSpider, settings, urls=urls)
     spider: Any = crawler.spider
 
     assert len(spider.texts) == 8
-    assert capsolver.max_in_flight() == 4
-    assert slot_warnings(caplog) == [
-        "CONCURRENT_REQUESTS (4) is below CAPSOLVER_CONCURRENCY (8): a request waiting for "
-        "its captcha answer holds one of Scrapy's request slots, so at most 4 solves run at "
-        "once and other pages wait while they do. Set CONCURRENT_REQUESTS to "
-        "CAPSOLVER_CONCURRENCY plus what the pages need."
-    ]
-
-
-@pytest_twisted.ensureDeferred
-async def test_room_above_the_solver_concurrency_lets_every_solve_run(
-    capsolver: CapSolverMock, image_site: str, caplog: Any
-) -> None:
-    caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.middleware")
-    capsolver.configure(faults=[SLOW_TASKS])
-    urls = [f"{image_site}/captcha/room{i}.png" for i in range(8)]
-    settings = solver_settings(capsolver, CAPSOLVER_CONCURRENCY=8, CONCURRENT_REQUESTS=12)
-    crawler = await crawl(RecordingSpider, settings, urls=urls)
-    spider: Any = crawler.spider
-
-    assert len(spider.texts) == 8
-    assert capsolver.max_in_flight() == 8
-    assert slot_warnings(caplog) == []
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_addon_gives_the_solves_request_slots_of_their_own(
-    capsolver: CapSolverMock, image_site: str, caplog: Any
-) -> None:
-    caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.middleware")
-    capsolver.configure(faults=[SLOW_TASKS])
-    urls = [f"{image_site}/captcha/addon{i}.png" for i in range(8)]
-    settings = solver_settings(capsolver, CAPSOLVER_CONCURRENCY=8, CONCURRENT_REQUESTS=4)
-    crawler = await crawl(RecordingSpider, settings, urls=urls)
-    spider: Any = crawler.spider
-
-    assert len(spider.texts) == 8
-    assert crawler.settings.getint("CONCURRENT_REQUESTS") == 4 + 8
-    assert capsolver.max_in_flight() == 8
-    assert slot_warnings(caplog) == []
+    assert crawler.settings.getint("CONCURRENT_REQUESTS") == effective
+    assert capsolver.max_in_flight() == in_flight
+    assert slot_warnings(caplog) == warnings
 
 
 @pytest_twisted.ensureDeferred

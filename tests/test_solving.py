@@ -14,7 +14,7 @@ from conftest import API_KEY, CapSolverMock
 from crawling import RecordingSpider, crawl, solver_settings, stat
 from scrapy.http import Response
 
-from scrapy_capsolver_ocr import CaptchaSolution, get_solver
+from scrapy_capsolver_ocr import CaptchaOptionsError, CaptchaSolution, get_solver
 
 
 def fetch(url: str) -> bytes:
@@ -204,3 +204,42 @@ async def test_spider_solves_bytes_it_obtained_itself(
     )
     assert crawler.spider.texts == {"own": "self"}  # type: ignore[union-attr]
     assert capsolver.calls()[0]["body"]["task"]["module"] == "common"
+
+
+@pytest_twisted.ensureDeferred
+async def test_solve_refuses_a_bad_option_with_the_public_class_and_no_call(
+    capsolver: CapSolverMock, image_site: str
+) -> None:
+    url = f"{image_site}/captcha/opts.png"
+    errors: list[BaseException] = []
+
+    async def solve_badly(spider: RecordingSpider, response: Response) -> None:
+        solver = get_solver(spider.crawler)
+        for options in ({"score": 2.0}, {"module": ""}, {"website_url": "ftp://x"}):
+            try:
+                await solver.solve(response.body, **options)
+            except Exception as exc:
+                errors.append(exc)
+
+    crawler = await crawl(
+        RecordingSpider, solver_settings(capsolver), urls=[url], meta={}, on_response=solve_badly
+    )
+    assert [type(e) for e in errors] == [CaptchaOptionsError] * 3
+    assert "score=2.0" in str(errors[0])
+    assert capsolver.calls() == []
+    assert stat(crawler, "capsolver/failed/CaptchaOptionsError") == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_time_spent_solving_is_in_the_stats(
+    capsolver: CapSolverMock, image_site: str
+) -> None:
+    capsolver.configure(latency=0.2)
+    urls = [f"{image_site}/captcha/timed{i}.png" for i in range(3)]
+    crawler = await crawl(RecordingSpider, solver_settings(capsolver), urls=urls)
+
+    total = stat(crawler, "capsolver/solve_time/total")
+    longest = stat(crawler, "capsolver/solve_time/max")
+    assert stat(crawler, "capsolver/solved") == 3
+    assert 0.2 <= longest <= total
+    assert total >= 3 * 0.2

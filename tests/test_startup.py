@@ -22,6 +22,18 @@ def test_reactorless_mode_is_refused_with_a_clear_error() -> None:
         CaptchaSolverMiddleware.from_crawler(crawler)
 
 
+def test_a_disabled_plugin_refuses_nothing_at_start() -> None:
+    crawler = Crawler(scrapy.Spider, {"CAPSOLVER_ENABLED": False, "TWISTED_REACTOR_ENABLED": False})
+    with pytest.raises(NotConfigured):
+        CaptchaSolverMiddleware.from_crawler(crawler)
+
+
+def test_get_solver_before_the_crawl_started_says_so() -> None:
+    crawler = Crawler(scrapy.Spider, {"ADDONS": {"scrapy_capsolver_ocr.Addon": 500}})
+    with pytest.raises(RuntimeError, match="CaptchaSolverMiddleware is not enabled"):
+        get_solver(crawler)
+
+
 def test_disabled_by_setting() -> None:
     crawler = Crawler(scrapy.Spider, {"CAPSOLVER_ENABLED": False})
     with pytest.raises(NotConfigured, match="CAPSOLVER_ENABLED"):

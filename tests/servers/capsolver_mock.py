@@ -11,14 +11,17 @@ a captcha element keeps no tEXt chunk); else a text derived from its SHA-256.
 
 Control endpoints, for the tests:
 - ``POST /_config`` JSON ``{"latency": s, "balance": usd, "key": str, "faults": [rule...]}``
-  where a rule is ``{"fault": kind, "method": "createTask", "every": n, "count": n,
+  where a rule is ``{"fault": kind, "method": "createTask" (or "*": any), "every": n, "count": n,
   "code": "ERROR_...", "status": n, "seconds": s}``: the fault applies to call number
   ``i`` of that method (1-based) when ``i % every == 0``, at most ``count`` times.
   createTask rules can also pick images: ``"answer_prefix": str`` (only images whose
   answer starts with it), ``"per_image": n`` (at most n times for one image); and
   ``"probability": p`` applies a rule to a random share of the calls it matches.
   The first rule that matches a call applies.
-  Kinds: error, http, not_json, no_error_id, no_solution, empty_text, wrong_text,
+  Kinds: error, http, not_json, echo (an HTML error page, HTTP ``status`` default 502,
+  quoting the request body as some gateways do), nested (a JSON body nested ``depth``
+  levels deep), no_error_id, no_solution, empty_text, wrong_text, long_text (a 1 MB
+  solution.text), huge_confidence (a 401-digit solution.confidence),
   pending (createTask answers ``status`` ``processing`` with a taskId and no solution; the
   task is ready after ``polls`` getTaskResult calls, default 1; ``"never": true`` keeps
   it pending), huge
@@ -95,7 +98,7 @@ class MockState:
         """The rule to apply to this call; ``answer`` is the image's, for createTask."""
         number = self.counts[method]
         for index, rule in enumerate(self.faults):
-            if rule.get("method", "createTask") != method:
+            if rule.get("method", "createTask") not in ("*", method):
                 continue
             if number % int(rule.get("every", 1)) != 0:
                 continue
@@ -223,6 +226,7 @@ class Api(resource.Resource):
     def render_POST(self, request: Any) -> Any:
         path = request.path.decode().strip("/")
         raw = request.content.read()
+        request.echoed = raw
         if path == "_reset":
             self.state.reset()
             return b"{}"
@@ -287,6 +291,19 @@ class Api(resource.Resource):
             request.setHeader(b"content-type", b"text/html")
             request.write(b"<html><body>upstream trouble</body></html>")
             request.finish()
+        elif kind == "echo":
+            # A gateway error page that quotes the request it could not forward.
+            request.setResponseCode(int(rule.get("status", 502)))
+            request.setHeader(b"content-type", b"text/html")
+            request.write(
+                b"<html><body>Bad gateway for request: " + request.echoed + b"</body></html>"
+            )
+            request.finish()
+        elif kind == "nested":
+            request.setHeader(b"content-type", b"application/json")
+            depth = int(rule.get("depth", 100_000))
+            request.write(b"[" * depth + b"]" * depth)
+            request.finish()
         elif kind == "not_json":
             request.setHeader(b"content-type", b"text/html")
             request.write(b"<html><body>maintenance</body></html>")
@@ -310,7 +327,8 @@ class Api(resource.Resource):
             return error("ERROR_KEY_DENIED_ACCESS", "key denied", status=401)
         if rule is not None and rule["fault"] == "error":
             code = rule["code"]
-            return error(code, status=int(rule.get("status", 401 if "KEY" in code else 400)))
+            status = int(rule.get("status", 401 if "KEY" in code else 400))
+            return error(code, rule.get("description", ""), status=status)
         if path == "getBalance":
             return 200, {"errorId": 0, "balance": self.state.balance, "packages": []}
         if path == "feedbackTask":
@@ -369,12 +387,17 @@ class Api(resource.Resource):
             text = ""
         elif kind == "wrong_text":
             text = "wrong" + text[::-1]
+        elif kind == "long_text":
+            text = text * (1_000_000 // len(text))
+        solution: dict[str, Any] = {"text": text}
+        if kind == "huge_confidence":
+            solution["confidence"] = 10**400
         return 200, {
             "errorId": 0,
             "errorCode": "",
             "errorDescription": "",
             "status": "ready",
-            "solution": {"text": text},
+            "solution": solution,
             "taskId": task_id,
         }
 

@@ -2,15 +2,18 @@
 
 The engine answers ``<module>:<number of image bytes>``. With ``--parties N`` every call
 waits until N calls are in progress at once, so requests only succeed if the server reads
-N images in parallel. Run: ``python tests/servers/fake_ocr_server.py [--parties N]``.
+N images in parallel. ``--open-files N`` lowers the process's open-file limit first, as on
+machines where it is 1024 or less. Every other option is one of ``scrapy-capsolver-ocr
+serve``. Run: ``python tests/servers/fake_ocr_server.py [--parties N] [serve options]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import threading
 
-from scrapy_capsolver_ocr import ocr_server
+from scrapy_capsolver_ocr import cli, ocr_server
 
 # Reached only when the server does not run the calls in parallel: the test then fails.
 BARRIER_TIMEOUT = 30.0
@@ -28,12 +31,12 @@ class BarrierEngine:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--parties", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=ocr_server.DEFAULT_WORKERS)
-    parser.add_argument("--require-key")
-    args = parser.parse_args()
-    ocr_server.serve(
-        BarrierEngine(args.parties), workers=args.workers, require_key=args.require_key
-    )
+    parser.add_argument("--open-files", type=int)
+    args, serve_argv = parser.parse_known_args()
+    if args.open_files:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.open_files, args.open_files))
+    serve_args = cli.build_parser().parse_args(["serve", *serve_argv])
+    ocr_server.serve(BarrierEngine(args.parties), **cli.serve_options(serve_args))
 
 
 if __name__ == "__main__":

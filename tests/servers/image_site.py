@@ -12,12 +12,15 @@ Run ``python image_site.py``: binds 127.0.0.1 on a free port, prints its URL fir
   grey pixels seeded by ``n``, answer ``n<n>`` embedded, made in about a millisecond and
   not kept (for the benchmarks' many large images).
 - ``/page/<n>``: an ordinary HTML page linking to the next ones.
+- ``/form?...``: a form's target: JSON of the query's fields; with ``reject`` among them it
+  says "Wrong captcha" (for ``captcha_retry_if``).
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 import random
 from typing import Any
@@ -100,6 +103,11 @@ class Site(resource.Resource):
             links = "".join(f'<a href="/page/{number * 10 + i}">next</a>' for i in range(10))
             request.setHeader(b"content-type", b"text/html")
             return f"<html><body><h1>Page {number}</h1>{links}</body></html>".encode()
+        if parts[0] == "form":
+            fields = {key.decode(): values[0].decode() for key, values in request.args.items()}
+            request.setHeader(b"content-type", b"application/json")
+            verdict = "Wrong captcha" if "reject" in fields else "Welcome"
+            return json.dumps({"fields": fields, "verdict": verdict}).encode()
         request.setResponseCode(404)
         return b"<html><body>not found</body></html>"
 
