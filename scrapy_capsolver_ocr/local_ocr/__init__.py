@@ -23,6 +23,10 @@ class OcrUnavailableError(RuntimeError):
     """ddddocr, the optional OCR dependency, is not installed."""
 
 
+class InvalidImageError(ValueError):
+    """The engine cannot read these bytes as an image of a captcha."""
+
+
 def require_ddddocr(needed_by: str) -> None:
     """Raise :class:`OcrUnavailableError`, naming the extra to install, when ddddocr cannot
     be imported. Cheap: the package is found, not imported."""

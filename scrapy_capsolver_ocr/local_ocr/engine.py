@@ -24,32 +24,43 @@ from typing import Any
 
 import numpy as np
 
-from . import require_ddddocr
+from . import InvalidImageError, require_ddddocr
 from .gate import Alphabet, Array, Reading, read_best_path, softmax
+
+__all__ = ["InvalidImageError", "OcrEngine", "model_input"]
 
 #: The recogniser ``DdddOcr()`` loads by default, beside ddddocr's ``__init__.py``.
 MODEL_FILE = "common_old.onnx"
 #: The model reads images scaled to this height.
 HEIGHT = 64
-#: Wider inputs (a long strip, not a captcha) are not read: each column costs time.
-MAX_WIDTH = 2048
+#: Time and memory grow with the scaled width (0.7 s and 60 MiB at 4096 px, a minute and
+#: 10 GiB at 640000): a thin strip within any pixel cap is no captcha and is not read.
+MAX_WIDTH = 4096
 #: Alphabets kept built (one per site's learnt characters, at most).
 _ALPHABETS = 256
 
 
-class InvalidImageError(ValueError):
-    """The engine cannot read these bytes as an image of a captcha."""
-
-
-def model_input(image: bytes) -> Array:
+def model_input(image: bytes, max_pixels: int | None = None) -> Array:
     """The image as the model takes it: grey, 64 pixels high, values -1..1, 1x1xHxW.
-    Transparent parts count as white background."""
+    Transparent parts count as white background. An image over ``max_pixels``, or too
+    wide once scaled, is refused from its header, before its pixels are decoded."""
     from PIL import Image
 
     picture: Image.Image
     try:
         picture = Image.open(io.BytesIO(image))
+        width, height = picture.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise InvalidImageError(f"{width}x{height} pixels, over {max_pixels}")
+        scaled_width = int(width * (HEIGHT / max(height, 1)))
+        if not 1 <= scaled_width <= MAX_WIDTH:
+            raise InvalidImageError(
+                f"{width}x{height} pixels: {scaled_width} px wide once scaled to {HEIGHT} px "
+                f"high, not 1 to {MAX_WIDTH}"
+            )
         picture.load()
+    except InvalidImageError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidImageError(str(exc) or type(exc).__name__) from None
     if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
@@ -58,10 +69,6 @@ def model_input(image: bytes) -> Array:
         picture.paste(rgba, (0, 0), mask=rgba)
     elif picture.mode not in ("L", "RGB"):
         picture = picture.convert("RGB")  # a palette would only resize pixel by pixel
-    width, height = picture.size
-    scaled_width = int(width * (HEIGHT / height))
-    if not 1 <= scaled_width <= MAX_WIDTH:
-        raise InvalidImageError(f"a {width}x{height} image is no captcha text line")
     picture = picture.resize((scaled_width, HEIGHT), Image.Resampling.LANCZOS).convert("L")
     values = np.asarray(picture, dtype=np.float32) / 255.0
     return ((values - 0.5) / 0.5)[np.newaxis, np.newaxis]
@@ -80,15 +87,18 @@ class OcrEngine:
         self._model: tuple[str, list[str]] | None = None
         self._alphabets: OrderedDict[str | None, Alphabet] = OrderedDict()
 
-    def read(self, image: bytes, chars: str | None = None) -> Reading:
+    def read(
+        self, image: bytes, chars: str | None = None, max_pixels: int | None = None
+    ) -> Reading:
         """The text of ``image`` over the alphabet ``chars`` (None: any character the model
         knows), and its confidence. Raises :class:`InvalidImageError`. Blocks."""
-        return read_best_path(self.probabilities(image), self.alphabet(chars))
+        return read_best_path(self.probabilities(image, max_pixels), self.alphabet(chars))
 
-    def probabilities(self, image: bytes) -> Array:
+    def probabilities(self, image: bytes, max_pixels: int | None = None) -> Array:
         """The model's probabilities for ``image``: frames x charset. Blocks."""
         session = self._session()
-        logits = session.run(None, {session.get_inputs()[0].name: model_input(image)})[0]
+        values = model_input(image, max_pixels)
+        logits = session.run(None, {session.get_inputs()[0].name: values})[0]
         probabilities = softmax(logits)
         charset = self._charset()
         if probabilities.shape[1] != len(charset):
