@@ -19,7 +19,7 @@ from test_playwright import (  # noqa: F401 - browser_site and chromium are fixt
     submit,
 )
 
-from scrapy_capsolver_ocr import CaptchaSolution
+from scrapy_capsolver_ocr import CaptchaSolution, solve_page_captcha
 
 pytestmark = pytest.mark.playwright
 
@@ -93,3 +93,32 @@ async def test_browser_captchas_without_a_key_and_with_local_false(
     assert spider.verdicts == {"img-0": ["accepted"], "img-1": ["accepted"]}
     assert stat(crawler, "capsolver/local/solved") == 0
     assert len(capsolver.calls()) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fresh_captcha_solved_by_the_spider_as_attempt_2_is_paid(
+    capsolver: CapSolverMock, request: pytest.FixtureRequest
+) -> None:
+    browser, site = request.getfixturevalue("chromium"), request.getfixturevalue("browser_site")
+
+    async def solve_again(spider: LoginSpider, response: Response, page: Any) -> list[str]:
+        await page.goto(response.url)  # a new captcha, as after a refused answer
+        again = await solve_page_captcha(
+            page, "#captcha", fill="#captcha-input", crawler=spider.crawler, attempt=2
+        )
+        spider.__dict__["again"] = again
+        return await submit(spider, response, page)
+
+    solve = {"selector": "#captcha", **BROWSER_FORMAT}
+    crawler, spider = await crawl_logins(
+        capsolver,
+        browser,
+        site,
+        visits(solve, 1),
+        flow=solve_again,
+        settings={"CAPSOLVER_LOCAL_OCR": True, "CAPSOLVER_LOCAL_MIN_CONFIDENCE": 0},
+    )
+    again: CaptchaSolution = spider.__dict__["again"]
+    assert again.solver == "capsolver" and again.task_id
+    assert spider.verdicts == {"img-0": ["accepted"]}
+    assert stat(crawler, "capsolver/task_count") >= 1
