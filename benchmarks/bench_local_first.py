@@ -213,7 +213,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs, fewer repeats")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "local-first.md")
+    parser.add_argument(
+        "--report-from", type=Path, help="measure nothing: write the page from this JSON"
+    )
     args = parser.parse_args()
+    if args.report_from:
+        for path in write_report(json.loads(args.report_from.read_text()), args.out):
+            say(f"wrote {path}")
+        return
     plan = QUICK if args.quick else LocalPlan()
     facts = machine_facts()
     command = "python benchmarks/bench_local_first.py " + shlex.join(sys.argv[1:])

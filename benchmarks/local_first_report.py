@@ -159,6 +159,7 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
         date=facts["date"],
         minutes=facts["total_seconds"] / 60,
         threshold=results["threshold"],
+        noisy_lowest=results["calibration"]["noisy"]["lowest_95"],
         machine="\n".join(machine(facts)),
         summary="\n".join(summary(results)),
         calibration="\n".join(calibration_section(results)),
