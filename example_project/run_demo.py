@@ -9,10 +9,13 @@ the demo site is started.
 
     python example_project/run_demo.py [--logins 5] [--digits] [--browser] [--spider NAME]
                                        [--local-first]
+    python example_project/run_demo.py --fleet 3 [--logins 12] [--redis-url URL]
 
 ``--local-first`` reads each captcha on this machine first (``CAPSOLVER_LOCAL_OCR``) and
 sends only the ones it is not sure of to the API (the local OCR server standing in for
 CapSolver, or CapSolver itself with a key); the summary says how many were free.
+``--fleet N`` runs the fleet example instead: N ``scrapy crawl fleet_login`` processes share
+login jobs from a scrapy-redis queue and one captcha budget (``fleet_demo.py``).
 
 ``bash scripts/demo.sh`` sets up a virtual environment and runs this.
 """
@@ -160,10 +163,13 @@ class SpiderResult:
     most_attempts: int
     items: int
     spent_usd: float
-    #: Captchas the local engine answered (local-first), and createTask calls made.
-    local_answers: int
-    paid_answers: int
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Captchas the local engine answered (local-first), and createTask calls made.
+    local_answers: int = 0
+    paid_answers: int = 0
+    #: Fleet mode: createTask calls of this process, and of the whole fleet at its end.
+    api_tasks: int = 0
+    fleet_api_tasks: int | None = None
 
 
 @dataclass
@@ -294,6 +300,13 @@ def print_summary(summary: Summary) -> None:
             f"API{stand_in if summary.solver == 'local' else ''}: "
             f"{_share(local, local + paid)} of the paid calls saved."
         )
+    fleet = [r.fleet_api_tasks for r in summary.spiders.values() if r.fleet_api_tasks is not None]
+    if fleet:
+        own = ", ".join(str(result.api_tasks) for result in summary.spiders.values())
+        print(
+            f"One fleet, one budget: {max(fleet)} API tasks in all ({own} by each process; "
+            "an image is paid for once in the whole fleet)."
+        )
     print(
         f"{summary.logins_succeeded} of {summary.logins} logins succeeded; "
         f"{summary.seconds:.1f} s in all, servers included."
@@ -333,12 +346,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="read each captcha locally first (CAPSOLVER_LOCAL_OCR) and pay only for the "
         "ones the engine is not sure of",
     )
+    parser.add_argument(
+        "--fleet",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fleet mode: N `scrapy crawl fleet_login` processes take --logins login jobs "
+        "from one scrapy-redis queue and share one captcha budget in Redis",
+    )
+    parser.add_argument(
+        "--redis-url", help="the fleet's Redis (default: a redis-server of the demo's own)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="OCR threads (default: 2)")
     parser.add_argument("--summary-json", type=Path, help="also write the summary here")
     parser.add_argument("-v", "--verbose", action="store_true", help="Scrapy's whole log")
     args = parser.parse_args(argv)
     if args.logins < 1:
         parser.error("--logins must be at least 1")
+    if args.fleet < 0 or (args.fleet and (args.spider or args.browser)):
+        parser.error("--fleet N runs N fleet_login processes: give no --spider or --browser")
     return args
 
 
@@ -400,17 +426,41 @@ def run(args: argparse.Namespace, logs: Path) -> Summary:
             print(
                 f"Local OCR server: {api_url}  (no CAPSOLVER_API_KEY: solving locally)", flush=True
             )
-        print(f"Crawling: {', '.join(spiders)}, {args.logins} logins each\n", flush=True)
-        crawlers = crawl(spiders, args.logins, overrides, args.verbose)
+        if args.fleet:
+            results = fleet(args, overrides, logs, servers)
+        else:
+            print(f"Crawling: {', '.join(spiders)}, {args.logins} logins each\n", flush=True)
+            crawlers = crawl(spiders, args.logins, overrides, args.verbose)
+            results = {name: spider_result(name, crawler) for name, crawler in crawlers.items()}
     return Summary(
         solver=solver,
         api_url=api_url,
         captchas="digits" if args.digits else "noisy",
-        max_attempts=next(iter(crawlers.values())).settings.getint("CAPSOLVER_MAX_ATTEMPTS"),
+        max_attempts=project_setting("CAPSOLVER_MAX_ATTEMPTS"),
         local_first=args.local_first,
         seconds=round(time.perf_counter() - started, 2),
-        spiders={name: spider_result(name, crawler) for name, crawler in crawlers.items()},
+        spiders=results,
     )
+
+
+def project_setting(name: str) -> Any:
+    sys.path.insert(0, str(PROJECT_DIR))
+    from demo_crawler import settings
+
+    return getattr(settings, name)
+
+
+def fleet(
+    args: argparse.Namespace, overrides: dict[str, Any], logs: Path, servers: ExitStack
+) -> dict[str, SpiderResult]:
+    """``--fleet N``: the fleet example's processes, each summed up as a spider's run."""
+    from fleet_demo import FleetDemoError, demo_fleet
+
+    try:
+        processes = demo_fleet(args, overrides, logs, servers)
+    except FleetDemoError as exc:
+        raise DemoError(str(exc)) from None
+    return {f"fleet_login #{n}": SpiderResult(**fields) for n, fields in enumerate(processes, 1)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

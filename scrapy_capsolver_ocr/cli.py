@@ -3,7 +3,9 @@
 ``serve`` runs the local CapSolver-compatible OCR server (:mod:`scrapy_capsolver_ocr.ocr_server`);
 ``solve`` and ``balance`` make one API call each (:mod:`scrapy_capsolver_ocr.api_commands`);
 ``calibrate`` measures the local engine on labelled captchas
-(:mod:`scrapy_capsolver_ocr.local_ocr.calibration`).
+(:mod:`scrapy_capsolver_ocr.local_ocr.calibration`); ``fleet status`` and
+``fleet reset-budget`` read and reset what a fleet of crawl processes shares in Redis
+(:mod:`scrapy_capsolver_ocr.fleet_commands`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, TypeVar, cast
 
 from scrapy_capsolver_ocr import api_commands, ocr_server, ocr_server_http
+from scrapy_capsolver_ocr.fleet import EXTRA_HINT
 from scrapy_capsolver_ocr.local_ocr import OcrUnavailableError, require_ddddocr
 from scrapy_capsolver_ocr.settings import (
     DEFAULT_API_URL,
@@ -30,6 +33,8 @@ from scrapy_capsolver_ocr.settings import (
 #: Read by ``serve`` when ``--require-key`` is not given: a key on the command line would show
 #: in the process list.
 REQUIRE_KEY_ENV = "CAPSOLVER_OCR_REQUIRE_KEY"
+#: The Redis of ``fleet``, as the crawls' setting of the same name.
+REDIS_URL_ENV = "CAPSOLVER_REDIS_URL"
 #: The API key of ``solve`` and ``balance``, and (optionally) their API URL.
 API_KEY_ENV = "CAPSOLVER_API_KEY"
 API_URL_ENV = "CAPSOLVER_API_URL"
@@ -55,8 +60,59 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_solve(commands)
     _add_balance(commands)
+    _add_fleet(commands)
     _add_calibrate(commands)
     return parser
+
+
+def _add_fleet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fleet = commands.add_parser(
+        "fleet",
+        help="show or reset what a fleet of crawl processes shares in Redis",
+        description="Fleet mode (CAPSOLVER_REDIS_URL): read or reset a fleet's shared state.",
+    )
+    actions = fleet.add_subparsers(title="actions", required=True, metavar="ACTION")
+    status = actions.add_parser(
+        "status",
+        help="budget used, limit and reset time, calls in flight, pause, cached answers",
+    )
+    status.add_argument("--fleet", help="the fleet's name (default: every fleet)")
+    status.set_defaults(run=_fleet_status)
+    reset = actions.add_parser(
+        "reset-budget", help="start the count of CAPSOLVER_MAX_TASKS again for a fleet"
+    )
+    reset.add_argument("--fleet", required=True, help="the fleet's name")
+    reset.set_defaults(run=_fleet_reset_budget)
+    for parser in (status, reset):
+        parser.add_argument(
+            "--redis-url",
+            default=os.environ.get(REDIS_URL_ENV),
+            required=not os.environ.get(REDIS_URL_ENV),
+            help=f"redis://, rediss:// or unix:// URL (default: ${REDIS_URL_ENV})",
+        )
+
+
+def _fleet_status(args: argparse.Namespace) -> int:
+    return _fleet_command("status", args)
+
+
+def _fleet_reset_budget(args: argparse.Namespace) -> int:
+    return _fleet_command("reset_budget", args)
+
+
+def _fleet_command(action: str, args: argparse.Namespace) -> int:
+    name = f"fleet {action.replace('_', '-')}"
+    try:
+        from scrapy_capsolver_ocr import fleet_commands
+    except ImportError as exc:  # hiredis, the one library fleet mode needs
+        return _fail(name, ImportError(f"{exc}: {EXTRA_HINT}"))
+    command = getattr(fleet_commands, action)
+    try:
+        output = fleet_commands.run(args.redis_url, lambda client: command(client, args.fleet))
+    except fleet_commands.FleetCommandError as exc:
+        return _fail(name, exc)
+    print(output, flush=True)
+    return 0
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

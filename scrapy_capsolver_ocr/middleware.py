@@ -14,6 +14,7 @@ from twisted.internet.defer import CancelledError
 
 from .browser_captcha import check_request, solve_browser_response
 from .errors import CaptchaImageError, CaptchaOptionsError, CaptchaSolveError, unexpected_error
+from .fleet import FleetWatch, build_state, fleet_name
 from .images import image_type
 from .injection import ANSWER, LOGGED_TEXT, CaptchaInjector
 from .options import SolveOptions
@@ -63,7 +64,9 @@ class CaptchaSolverMiddleware:
                 requests_cap,
             )
         assert crawler.stats is not None
-        self.solver = CaptchaSolver(self.config, crawler.stats, self._close_crawl)
+        state = build_state(self.config, fleet_name(self.config, crawler))
+        self.solver = CaptchaSolver(self.config, crawler.stats, self._close_crawl, state=state)
+        self._fleet = FleetWatch(self.solver, crawler.stats, self.config)
         self._progress = SolveProgress(self.solver, crawler.stats, self.config.logstats_interval)
         self._closing = False
         self._sessions = SessionSolutions()
@@ -233,6 +236,7 @@ class CaptchaSolverMiddleware:
 
     def _spider_opened(self, spider: Spider) -> None:
         self._progress.start()
+        self._fleet.start()
         if self.config.api_key is None:
             logger.info(
                 "No CapSolver API key (CAPSOLVER_API_KEY): %s",
@@ -263,6 +267,7 @@ class CaptchaSolverMiddleware:
             if end is not None:
                 self.crawler.stats.set_value("capsolver/spent", round(start - end, 6))
         await self.solver.close()
+        await self._fleet.stop()
 
     def _close_crawl(self, reason: str) -> None:
         if not self.config.close_on_fatal or self._closing:

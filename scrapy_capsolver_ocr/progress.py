@@ -1,4 +1,5 @@
-"""A periodic progress line, like Scrapy's LogStats, for people watching a long crawl."""
+"""A periodic progress line, like Scrapy's LogStats, for people watching a long crawl; in
+fleet mode it also shows the fleet's figures (from the ``capsolver/fleet/*`` stats)."""
 
 from __future__ import annotations
 
@@ -62,9 +63,12 @@ class SolveProgress:
         solved = self._stats.get_value("capsolver/solved", 0)
         rate = (solved - self._last_solved) * 60.0 / self._interval
         self._last_solved = solved
+        fleet = ""
+        if self._stats.get_value("capsolver/fleet/tasks_used") is not None:
+            fleet = f"; fleet: {fleet_line(self._stats)}"
         logger.info(
             "Captchas: %d solved (at %.1f/min, %d of them free, read locally), %d failed, "
-            "%d in flight (%d at the API), %d API tasks",
+            "%d in flight (%d at the API), %d API tasks%s",
             solved,
             rate,
             self._stats.get_value("capsolver/local/solved", 0),
@@ -72,4 +76,19 @@ class SolveProgress:
             self._solver.in_flight,
             self._solver.calls_in_flight,
             self._solver.tasks_sent,
+            fleet,
         )
+
+
+def fleet_line(stats: StatsCollector) -> str:
+    """The fleet's figures in words: API tasks of all processes against the budget, calls
+    in flight for the account, cached answers, a pause under way."""
+    limit = stats.get_value("capsolver/fleet/max_tasks", 0)
+    line = (
+        f"{stats.get_value('capsolver/fleet/tasks_used', 0)} API tasks"
+        f"{f' of {limit}' if limit else ''} by all processes, "
+        f"{stats.get_value('capsolver/fleet/calls_in_flight', 0)} in flight for the account, "
+        f"{stats.get_value('capsolver/fleet/cached_answers', 0)} cached answers"
+    )
+    paused = stats.get_value("capsolver/fleet/paused_for", 0)
+    return line + (f", paused for {paused:g} s more" if paused else "")

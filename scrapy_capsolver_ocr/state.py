@@ -52,7 +52,8 @@ class CallTicket:
     #: Pauses begun before the call: a block answered to a call sent before the current
     #: pause began is that pause's own block, seen late.
     epoch: int
-    #: The fleet permit held for the call, when ``fleet_concurrency`` is set.
+    #: Fleet mode: the call's lease in the shared state (it counts as a call in flight, and
+    #: as a permit when ``fleet_concurrency`` is set). None in memory mode.
     permit: str | None = None
 
 
@@ -108,7 +109,8 @@ class SolvingState(Protocol):
 
     async def claim(self, key: str) -> bool:
         """True: this caller is now the one solving ``key`` and must :meth:`publish` or
-        :meth:`abandon` it. False: someone else is solving it: :meth:`wait` for it."""
+        :meth:`abandon` it. False: someone else is solving it, or its answer was stored
+        since the caller looked: :meth:`wait` for it."""
 
     async def wait(self, key: str) -> CaptchaSolution | None:
         """The answer the claimant of ``key`` published; raises the error it abandoned
@@ -217,7 +219,7 @@ class MemoryState:
         return solution
 
     async def claim(self, key: str) -> bool:
-        if key in self._claims:
+        if key in self._claims or await self.cached(key) is not None:
             return False
         self._claims[key] = _Outcome()
         return True

@@ -2,7 +2,8 @@
 # The demo, from a fresh clone: captcha logins on a local demo site, solved by a local OCR
 # server, with no account and no internet beyond installing packages.
 #
-#   bash scripts/demo.sh [--logins N] [--digits] [--browser] [--spider NAME] [--local-first] [-v]
+#   bash scripts/demo.sh [--logins N] [--digits] [--browser] [--spider NAME] [--local-first]
+#                        [--fleet N] [-v]
 #
 # Sets up .venv (Python 3.10+; reused when present), then runs example_project/run_demo.py,
 # which starts the servers on free loopback ports, crawls, prints a summary and stops the
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 extras=demo
-modules="captcha, ddddocr, form2request, scrapy_capsolver_ocr"
+modules="captcha, ddddocr, form2request, hiredis, scrapy_redis, scrapy_capsolver_ocr"
 for arg in "$@"; do
     case "$arg" in
         --browser | browser_login | --spider=browser_login)

@@ -36,12 +36,33 @@ find_chromium() {  # prints a Chromium executable, installing one when there is 
 with sync_playwright() as p: print(p.chromium.executable_path)"
 }
 
+find_redis() {  # prints a redis-server for the fleet tests, installing Debian's when there is none
+    local candidate
+    for candidate in "${REDIS_SERVER:-}" "$(command -v redis-server || true)"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ]; then
+            echo "$candidate"
+            return
+        fi
+    done
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "Installing Debian's redis-server for the fleet tests..." >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2
+        command -v redis-server
+        return
+    fi
+    # No server to start: REDIS_URL may name one; otherwise the fleet tests skip (CI=true: fail).
+    echo ""
+}
+
 echo "== environments"
 setup_env .venv -e ".[test,playwright,ocr]"
 setup_env .venv-scrapy213 "$OLDEST_SCRAPY" -e ".[test,playwright,ocr]"
 CHROMIUM_PATH=$(find_chromium)
 export CHROMIUM_PATH
 echo "Chromium: $CHROMIUM_PATH"
+REDIS_SERVER=$(find_redis)
+export REDIS_SERVER
+echo "redis-server: ${REDIS_SERVER:-none (REDIS_URL=${REDIS_URL:-unset})}"
 
 echo "== lint and types"
 .venv/bin/ruff check .

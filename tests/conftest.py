@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import redis_server
 from servers.process import running_server
 
 SERVERS = Path(__file__).parent / "servers"
@@ -89,3 +90,49 @@ def rejecting_demo_site() -> Iterator[str]:
     argv = [DEMO_SITE, "--port", "0", "--embed-answers", "--reject-first", "2"]
     with running_server(argv) as url:
         yield url
+
+
+def _no_redis(reason: str) -> None:
+    # CI must run the fleet tests: a missing Redis there is a failure, never a skip.
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the fleet tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    """A ``redis-server`` these tests can start, kill and restart themselves."""
+    binary = redis_server.redis_binary()
+    if binary is None:
+        _no_redis("no redis-server: install it (apt-get install redis-server) or set REDIS_SERVER")
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis for fleet tests: ``REDIS_URL`` when set, else a ``redis-server`` of the
+    session's own on a TCP port. Tests keep apart by fleet names of their own."""
+    external = os.environ.get("REDIS_URL")
+    if external:
+        yield external
+        return
+    binary = redis_server.redis_binary()
+    if binary is None:
+        _no_redis("no Redis: set REDIS_URL, REDIS_SERVER, or install redis-server")
+    assert binary is not None
+    server = redis_server.RedisServer(binary, tcp=True).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_redis(redis_binary: str) -> Iterator[redis_server.RedisServer]:
+    """A ``redis-server`` for one test, on a unix socket, to kill and restart."""
+    server = redis_server.RedisServer(redis_binary)
+    try:
+        yield server
+    finally:
+        server.stop()

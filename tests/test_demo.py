@@ -162,4 +162,22 @@ def test_the_example_project_names_what_it_lacks() -> None:
         timeout=120,
         check=True,
     )
-    assert listed.stdout.split() == ["browser_login", "image_login", "page_login"]
+    assert listed.stdout.split() == ["browser_login", "fleet_login", "image_login", "page_login"]
+
+
+def test_fleet_demo_processes_share_the_login_jobs_and_one_budget(
+    tmp_path: Path, redis_binary: str
+) -> None:
+    result, summary = run_demo(tmp_path, "--fleet", "3", "--logins", "9", "--digits")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    processes = summary["spiders"]
+    assert len(processes) == 3
+    assert summary["logins"] == 9  # every job taken once, by one of the processes
+    logins = [int(login) for spider in processes.values() for login in spider["records"]]
+    assert sorted(logins) == list(range(1, 10))
+    assert_every_wrong_answer_retried_within_the_limit(summary)
+    # One budget: the fleet's count is every process's calls added up.
+    fleet_tasks = {spider["fleet_api_tasks"] for spider in processes.values()}
+    assert max(fleet_tasks) == sum(spider["api_tasks"] for spider in processes.values())
+    assert "One fleet, one budget" in result.stdout

@@ -296,7 +296,8 @@ async def test_without_the_page_a_page_method_captures_the_captcha(
         ("fill", "/login/img", {**captured, "solve_image": SOLVE_AND_FILL}),
         ("no-selector", "/login/img", {"playwright": True, "solve_image": True}),
     ]
-    settings = {"CAPSOLVER_ELEMENT_TIMEOUT": 3}
+    # Long enough for a screenshot on a busy machine; the "missing" visit waits all of it.
+    settings = {"CAPSOLVER_ELEMENT_TIMEOUT": 10}
     crawler, spider = await crawl_logins(
         capsolver, chromium, browser_site, visits, settings=settings
     )
@@ -346,7 +347,8 @@ async def test_capture_errors_are_clear_and_close_the_page(
         ),
     ]
     settings = {
-        "CAPSOLVER_ELEMENT_TIMEOUT": 1,
+        # Captures that must succeed get it all on a busy machine; the failures wait it out.
+        "CAPSOLVER_ELEMENT_TIMEOUT": 5,
         # Closer to the downloader than the solver's (543): its process_response runs first.
         "DOWNLOADER_MIDDLEWARES": {ClosePageMiddleware: 600},
     }

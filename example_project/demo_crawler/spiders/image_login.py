@@ -11,20 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import scrapy
+from form2request import form2request
 from scrapy.http import Response
 from twisted.python.failure import Failure
 
 from scrapy_capsolver_ocr import CaptchaSolution, CaptchaSolveError, get_solver
 
 from .logins import WRONG_CAPTCHA, LoginSpider
-
-try:
-    from form2request import form2request
-except ImportError:  # scrapy list imports every spider: say what is missing, not a traceback
-    raise ImportError(
-        "The example project's spiders fill forms with form2request: install the demo extra, "
-        "pip install -r example_project/requirements.txt (or bash scripts/demo.sh)"
-    ) from None
 
 
 class ImageLoginSpider(LoginSpider):
