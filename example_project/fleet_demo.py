@@ -133,6 +133,8 @@ def result_fields(summary: dict[str, Any]) -> dict[str, Any]:
             for login, record in records.items()
         },
         "api_tasks": stats.get("capsolver/task_count", 0),
+        "local_answers": stats.get("capsolver/local/solved", 0),
+        "paid_answers": stats.get("capsolver/task_count", 0),
     }
 
 

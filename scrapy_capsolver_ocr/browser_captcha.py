@@ -106,6 +106,7 @@ async def solve_browser_response(
     response: Response,
     options: SolveOptions,
     timeout: float,
+    attempt: int = 1,
 ) -> CaptchaSolution | None:
     """Solve the captcha of a Playwright response; None when it is not one.
 
@@ -138,6 +139,10 @@ async def solve_browser_response(
                 score=options.score,
                 website_url=options.website_url,
                 timeout=timeout,
+                local=options.local,
+                length=options.length,
+                charset=options.charset,
+                attempt=attempt,
             )
         return await solver.solve(
             capture.result,
@@ -145,6 +150,10 @@ async def solve_browser_response(
             score=options.score,
             website_url=options.website_url or http_url(response.url),
             source=f"{options.selector!r} on {response.url}",
+            local=options.local,
+            length=options.length,
+            charset=options.charset,
+            attempt=attempt,
         )
     except BaseException:
         if page is not None:
@@ -174,15 +183,21 @@ async def solve_page_captcha(
     score: float | None = None,
     website_url: str | None = None,
     timeout: float | None = None,
+    local: bool | None = None,
+    length: int | None = None,
+    charset: str | None = None,
+    attempt: int = 1,
 ) -> CaptchaSolution:
     """Solve the captcha shown by the element ``selector`` of a live Playwright page, and
     type its text into the input ``fill`` when given.
 
     For spiders: to solve a fresh captcha after the site rejected one (``await
-    page.reload()`` first), or a captcha that appears after the response. Pass the
-    ``crawler`` (or a ``solver``); ``timeout`` (seconds to wait for the element and the
-    input) defaults to ``CAPSOLVER_ELEMENT_TIMEOUT``. Raises a :class:`CaptchaSolveError`;
-    the page stays open either way.
+    page.reload()`` first, and pass ``attempt=2``: CapSolver reads it even when local-first
+    is on), or a captcha that appears after the response. Pass the ``crawler`` (or a
+    ``solver``); ``timeout`` (seconds to wait for the element and the input) defaults to
+    ``CAPSOLVER_ELEMENT_TIMEOUT``; ``local``, ``length`` and ``charset`` are as for
+    :meth:`CaptchaSolver.solve`. Raises a :class:`CaptchaSolveError`; the page stays open
+    either way.
     """
     if solver is None:
         if crawler is None:
@@ -199,6 +214,10 @@ async def solve_page_captcha(
         score=score,
         website_url=website_url or http_url(page.url),
         source=f"{selector!r} on {page.url}",
+        local=local,
+        length=length,
+        charset=charset,
+        attempt=attempt,
     )
     logger.debug("Solved the captcha %r on %s as %r", selector, page.url, solution.text)
     if fill is not None:

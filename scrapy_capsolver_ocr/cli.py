@@ -2,8 +2,10 @@
 
 ``serve`` runs the local CapSolver-compatible OCR server (:mod:`scrapy_capsolver_ocr.ocr_server`);
 ``solve`` and ``balance`` make one API call each (:mod:`scrapy_capsolver_ocr.api_commands`);
-``fleet status`` and ``fleet reset-budget`` read and reset what a fleet of crawl processes
-shares in Redis (:mod:`scrapy_capsolver_ocr.fleet_commands`).
+``calibrate`` measures the local engine on labelled captchas
+(:mod:`scrapy_capsolver_ocr.local_ocr.calibration`); ``fleet status`` and
+``fleet reset-budget`` read and reset what a fleet of crawl processes shares in Redis
+(:mod:`scrapy_capsolver_ocr.fleet_commands`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 from scrapy_capsolver_ocr import api_commands, ocr_server, ocr_server_http
 from scrapy_capsolver_ocr.fleet import EXTRA_HINT
+from scrapy_capsolver_ocr.local_ocr import OcrUnavailableError, require_ddddocr
 from scrapy_capsolver_ocr.settings import (
     DEFAULT_API_URL,
     SolverSettings,
+    check_charset,
+    check_confidence,
+    check_length,
     check_score,
     check_text,
 )
@@ -55,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_solve(commands)
     _add_balance(commands)
     _add_fleet(commands)
+    _add_calibrate(commands)
     return parser
 
 
@@ -184,6 +191,45 @@ def _add_balance(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     balance.set_defaults(run=_balance)
 
 
+def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="measure the local OCR engine on labelled captchas and choose its threshold",
+        description=(
+            "Read every image of DIR with the local OCR engine (the ocr extra), its answer "
+            "being in its file name (ANSWER.png or NUMBER_ANSWER.png), and print, per "
+            "confidence threshold, the share answered locally and how many of those were "
+            "right (ignoring case), then the lowest threshold reaching --precision: the "
+            "value for CAPSOLVER_LOCAL_MIN_CONFIDENCE. 100 to 200 captchas saved from the "
+            "site, with their answers, are enough."
+        ),
+    )
+    calibrate.add_argument("directory", metavar="DIR", help="a folder of labelled images")
+    calibrate.add_argument(
+        "--precision",
+        type=_checked("--precision", check_confidence),
+        default=0.95,
+        help="share of local answers that must be right (default: %(default)s)",
+    )
+    calibrate.add_argument(
+        "--length",
+        type=_checked("--length", check_length),
+        help="the answers' length (default: the labels' lengths)",
+    )
+    calibrate.add_argument(
+        "--charset",
+        type=_checked("--charset", check_charset),
+        help="the characters answers may contain (default: the labels' characters)",
+    )
+    calibrate.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=2,
+        help="images read at the same time, in threads (default: %(default)s)",
+    )
+    calibrate.set_defaults(run=_calibrate)
+
+
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-url",
@@ -279,6 +325,25 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
             max_connections=args.max_connections,
         ),
     }
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        require_ddddocr("calibrate")
+    except OcrUnavailableError as exc:
+        return _fail("calibrate", exc)
+    from scrapy_capsolver_ocr.local_ocr.calibration import CalibrationError, calibrate
+
+    try:
+        lines, _ = calibrate(
+            Path(args.directory), args.precision, args.length, args.charset, args.workers
+        )
+    except (CalibrationError, OSError) as exc:
+        return _fail("calibrate", exc)
+    print("\n".join(lines), flush=True)
+    return 0
 
 
 def _configure_logging(level: str) -> None:

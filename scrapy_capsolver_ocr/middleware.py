@@ -105,7 +105,7 @@ class CaptchaSolverMiddleware:
         if options is None:
             return response
         try:
-            solution, order = await self._solve(request, response, options)
+            solution, order = await self._solve(request, response, options, parsed.attempt)
         except CaptchaSolveError:
             raise
         except Exception as exc:
@@ -178,12 +178,18 @@ class CaptchaSolverMiddleware:
         return SolveOptions() if image_type(response.body) is not None else None
 
     async def _solve(
-        self, request: Request, response: Response, options: SolveOptions
+        self, request: Request, response: Response, options: SolveOptions, attempt: int
     ) -> tuple[CaptchaSolution, int]:
         """The answer to the captcha of ``response``, and the order in which its image was
         obtained."""
         solution = await solve_browser_response(
-            self.crawler, self.solver, request, response, options, self.config.element_timeout
+            self.crawler,
+            self.solver,
+            request,
+            response,
+            options,
+            self.config.element_timeout,
+            attempt,
         )
         if solution is not None:  # a captcha on a scrapy-playwright page
             return solution, next(self._image_order)
@@ -200,6 +206,10 @@ class CaptchaSolverMiddleware:
             score=options.score,
             website_url=website_url,
             source=source,
+            local=options.local,
+            length=options.length,
+            charset=options.charset,
+            attempt=attempt,
         )
         return solution, order
 
@@ -229,7 +239,10 @@ class CaptchaSolverMiddleware:
         self._fleet.start()
         if self.config.api_key is None:
             logger.info(
-                "No CapSolver API key (CAPSOLVER_API_KEY): requests that ask for a solve will fail."
+                "No CapSolver API key (CAPSOLVER_API_KEY): %s",
+                "captchas are read by the local OCR engine only, however unsure it is."
+                if self.config.local_ocr
+                else "requests that ask for a solve will fail.",
             )
             return
         if self.config.check_balance:

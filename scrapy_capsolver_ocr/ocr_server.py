@@ -10,8 +10,9 @@ without an account, and tests can use it without spending credit.
 
 Nothing is billed: ``getBalance`` always answers :data:`LOCAL_BALANCE`. The ``score``,
 ``websiteURL`` and ``appId`` fields are checked and otherwise ignored; ``module`` ``number``
-keeps digits only, every other module uses ddddocr's general model. The batch form
-(``images``) is not served.
+reads digits only, every other module any character the model knows. The batch form
+(``images``) is not served. The engine is the one local-first solving reads with in a crawl
+(:mod:`~scrapy_capsolver_ocr.local_ocr`), and each solution carries its ``confidence``.
 
 The protocol lives in :mod:`~scrapy_capsolver_ocr.ocr_server_api`, the HTTP layer and its
 limits in :mod:`~scrapy_capsolver_ocr.ocr_server_http`. Run the server with
@@ -20,7 +21,6 @@ limits in :mod:`~scrapy_capsolver_ocr.ocr_server_http`. Run the server with
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,18 +28,18 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.threadpool import ThreadPool
 
+from .local_ocr import InvalidImageError, OcrUnavailableError, require_ddddocr
 from .ocr_server_api import (
     LOCAL_BALANCE,
     TASK_TYPE,
     ApiError,
-    InvalidImageError,
     LocalCapSolver,
     OcrEngine,
 )
 from .ocr_server_http import ServerLimits, api_site
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
+    from .local_ocr.gate import Reading
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -66,19 +66,11 @@ DEFAULT_WORKERS = 2
 DEFAULT_MAX_PIXELS = 1_000_000
 # Room for bursts of new connections while the reactor is busy.
 _LISTEN_BACKLOG = 511
-OCR_INSTALL_HINT = 'pip install "scrapy-capsolver-ocr[ocr]"'
-# ddddocr's general model reads images scaled to this height; its time and memory grow with
-# the width that gives (0.7 s and 60 MiB at 4096 px here, a minute and 10 GiB at 640000).
-_MODEL_HEIGHT = 64
-_MAX_SCALED_WIDTH = 4096
-
-
-class OcrUnavailableError(RuntimeError):
-    """ddddocr, the optional OCR dependency, is not installed."""
 
 
 class DdddOcrEngine:
-    """Reads captchas with ddddocr's general model, which ships inside its wheel (no network).
+    """Reads captchas with the local OCR engine (ddddocr's model, which ships inside its
+    wheel: no network), each worker thread with its own session.
 
     Images over ``max_pixels``, or so wide for their height that the model would need
     gigabytes, are refused once their header is parsed, before their pixels are decoded,
@@ -86,49 +78,15 @@ class DdddOcrEngine:
     """
 
     def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        try:
-            import ddddocr
-        except ImportError as exc:
-            raise OcrUnavailableError(
-                f"The local OCR server needs ddddocr, an optional dependency: {OCR_INSTALL_HINT}"
-            ) from exc
-        # One instance serves every worker thread: onnxruntime sessions are thread-safe, and
-        # the character filter ddddocr rebuilds on every call stays the full set as long as
-        # set_ranges() is never called. A narrowed filter would race between threads.
-        self._ocr = ddddocr.DdddOcr(show_ad=False)
+        require_ddddocr("The local OCR server")
+        from .local_ocr.engine import OcrEngine as LocalEngine  # numpy: only when serving
+
+        self._engine = LocalEngine()
         self._max_pixels = max_pixels
 
-    def recognize(self, image: bytes, module: str) -> str:
-        text = str(self._ocr.classification(_open_image(image, self._max_pixels), png_fix=True))
-        if module == "number":
-            # The same result as ddddocr's set_ranges("0123456789"), which drops the decoded
-            # characters outside the range, without touching the shared engine.
-            text = "".join(char for char in text if char in DIGITS)
-        return text
-
-
-def _open_image(data: bytes, max_pixels: int) -> Image:
-    from PIL import Image as PilImage
-
-    try:
-        picture = PilImage.open(io.BytesIO(data))
-        # PIL's own guard (Image.MAX_IMAGE_PIXELS) is process-wide and only warns below
-        # twice its value: this one is the engine's, checked before any pixel is decoded.
-        width, height = picture.size
-        if width * height > max_pixels:
-            raise InvalidImageError(f"{width}x{height} pixels, over {max_pixels}")
-        # The model reads the image scaled to 64 px high: a thin strip within the pixel cap
-        # (a 4 KB PNG of 100000x10) scales to a width that takes a minute and gigabytes.
-        scaled_width = width * _MODEL_HEIGHT // max(height, 1)
-        if scaled_width > _MAX_SCALED_WIDTH:
-            raise InvalidImageError(
-                f"{width}x{height} pixels: {scaled_width} px wide once scaled to "
-                f"{_MODEL_HEIGHT} px high, over {_MAX_SCALED_WIDTH}"
-            )
-        picture.load()
-    except (OSError, SyntaxError, ValueError, PilImage.DecompressionBombError) as exc:
-        raise InvalidImageError(str(exc)) from exc
-    return picture
+    def recognize(self, image: bytes, module: str) -> Reading:
+        chars = DIGITS if module == "number" else None
+        return self._engine.read(image, chars, self._max_pixels)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import logging
 import reprlib
 import uuid
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -25,6 +25,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from .images import declared_size, image_type
+from .local_ocr import InvalidImageError
+
+if TYPE_CHECKING:
+    from .local_ocr.gate import Reading
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +65,15 @@ def bad_request(description: str) -> ApiError:
     return ApiError("ERROR_BAD_REQUEST", description)
 
 
-class InvalidImageError(ValueError):
-    """The engine cannot decode these bytes as an image, or will not (too many pixels)."""
-
-
 class OcrEngine(Protocol):
     """What the server needs from an OCR engine.
 
     ``recognize`` runs in worker threads, several at a time, so it must be thread-safe.
     """
 
-    def recognize(self, image: bytes, module: str) -> str:
-        """Return the text in ``image``; raise :class:`InvalidImageError` if it is no image."""
+    def recognize(self, image: bytes, module: str) -> str | Reading:
+        """Return the text in ``image``, or a reading with its confidence too; raise
+        :class:`InvalidImageError` if it is no image."""
         ...
 
 
@@ -245,11 +246,19 @@ class LocalCapSolver:
         if not hmac.compare_digest(given, self._required_key):
             raise ApiError("ERROR_KEY_DENIED_ACCESS", "clientKey is missing or wrong", 401)
 
-    def _solved(self, text: str) -> JsonObject:
-        if not text:
+    def _solved(self, reading: str | Reading) -> JsonObject:
+        solution: JsonObject = (
+            {"text": reading}
+            if isinstance(reading, str)
+            else {
+                "text": reading.text,
+                "confidence": round(reading.confidence, 4),
+            }
+        )
+        if not solution["text"]:
             raise ApiError("ERROR_CAPTCHA_UNSOLVABLE", "no text was found in the image")
         task_id = str(uuid.uuid4())
-        answer = ok(status="ready", solution={"text": text}, taskId=task_id)
+        answer = ok(status="ready", solution=solution, taskId=task_id)
         self._tasks[task_id] = answer
         if len(self._tasks) > self._remembered:
             self._tasks.popitem(last=False)

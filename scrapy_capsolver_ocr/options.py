@@ -9,7 +9,14 @@ from cssselect import SelectorError
 from parsel.csstranslator import css2xpath
 
 from .errors import CaptchaOptionsError
-from .settings import check_score, check_text, check_url
+from .settings import (
+    check_charset,
+    check_flag,
+    check_length,
+    check_score,
+    check_text,
+    check_url,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,11 @@ class SolveOptions:
     selector: str | None = None
     #: Selector of the input a browser page's solved text is typed into (Playwright).
     fill: str | None = None
+    #: False: CapSolver reads it even when local-first (CAPSOLVER_LOCAL_OCR) is on.
+    local: bool | None = None
+    #: The answer's length and characters, for the local reader's gate.
+    length: int | None = None
+    charset: str | None = None
 
 
 def check_selector(name: str, value: Any) -> str:
@@ -40,6 +52,9 @@ _CHECKS = {
     "website_url": check_url,
     "selector": check_selector,
     "fill": check_text,
+    "local": check_flag,
+    "length": check_length,
+    "charset": check_charset,
 }
 # Playwright takes its own selector syntax (text=..., >> chains into frames): it checks them.
 _BROWSER_CHECKS = {**_CHECKS, "selector": check_text}

@@ -15,8 +15,9 @@ logger = logging.getLogger(__name__)
 
 class SolveProgress:
     """Every ``interval`` seconds, logs captchas solved, the solve rate, failed, in flight
-    (and how many of those are at the API) and API tasks. Silent until the crawl asks for
-    its first solve, so crawls that meet no captcha get no noise."""
+    (and how many of those are at the API) and API tasks, and with local-first how many
+    were read locally, for free; at the end of the crawl, one line of totals. Silent until
+    the crawl asks for its first solve, so crawls that meet no captcha get no noise."""
 
     def __init__(self, solver: CaptchaSolver, stats: StatsCollector, interval: float) -> None:
         self._solver = solver
@@ -39,6 +40,22 @@ class SolveProgress:
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self.log_totals()
+
+    def log_totals(self) -> None:
+        if not self._stats.get_value("capsolver/requested", 0):
+            return
+        solved = self._stats.get_value("capsolver/solved", 0)
+        free = self._stats.get_value("capsolver/local/solved", 0)
+        logger.info(
+            "Captchas solved in this crawl: %d, %d of them read locally for free (%.0f %%); "
+            "%d failed; %d paid API tasks",
+            solved,
+            free,
+            100.0 * free / solved if solved else 0.0,
+            self._stats.get_value("capsolver/failed", 0),
+            self._solver.tasks_sent,
+        )
 
     def log(self) -> None:
         if not self._stats.get_value("capsolver/requested", 0):
@@ -50,10 +67,11 @@ class SolveProgress:
         if self._stats.get_value("capsolver/fleet/tasks_used") is not None:
             fleet = f"; fleet: {fleet_line(self._stats)}"
         logger.info(
-            "Captchas: %d solved (at %.1f/min), %d failed, %d in flight (%d at the API), "
-            "%d API tasks%s",
+            "Captchas: %d solved (at %.1f/min, %d of them free, read locally), %d failed, "
+            "%d in flight (%d at the API), %d API tasks%s",
             solved,
             rate,
+            self._stats.get_value("capsolver/local/solved", 0),
             self._stats.get_value("capsolver/failed", 0),
             self._solver.in_flight,
             self._solver.calls_in_flight,

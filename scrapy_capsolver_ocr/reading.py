@@ -27,6 +27,12 @@ class CaptchaImage:
     module: str | None = None
     score: float | None = None
     website_url: str | None = None
+    #: The local reader may read it (local-first is on, the request did not opt out, and
+    #: it is not a fresh captcha after a rejected answer).
+    local: bool = False
+    #: The answer's expected length and characters, when the request gave them.
+    length: int | None = None
+    charset: str | None = None
 
     @property
     def key(self) -> str:

@@ -1,8 +1,10 @@
 """Wrong answers: a site that rejects the injected text gets a fresh captcha, solved again.
 
 ``captcha_retry_if`` says how the site shows a rejection. On one, the answer is reported
-to CapSolver and dropped from the cache, and the request that brought the captcha (the page
-or the image) is scheduled again, so the spider's callbacks run again with a new one.
+to CapSolver and dropped from the cache (a local answer is only counted), and the request
+that brought the captcha (the page or the image) is scheduled again, so the spider's
+callbacks run again with a new one. An answer the site accepted teaches local-first the
+format of the site's captchas.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class RejectionHandler:
         if bound is None or not bound.in_body or retry_if is None:
             return None
         if not await is_rejected(retry_if, request, response):
+            if bound.solution is not None:
+                self._solver.report_right(bound.solution)
             return None
         self._stats.inc_value("capsolver/rejected")
         if bound.solution is not None:

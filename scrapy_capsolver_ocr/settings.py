@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 PREFIX = "CAPSOLVER_"
 DEFAULT_API_URL = "https://api.capsolver.com"
 SCORE_RANGE = (0.8, 1.0)
+#: The local answer's confidence from which it is used instead of paying: calibrated on the
+#: demo site's captchas for at least 95 % right (docs/local-first.md).
+DEFAULT_LOCAL_MIN_CONFIDENCE = 0.7
 #: Seconds a fleet claim or permit outlives CAPSOLVER_TIMEOUT when its process is gone.
 LEASE_MARGIN = 10.0
 
@@ -77,6 +80,51 @@ def check_text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise invalid(name, value, "a non-empty string")
     return value.strip()
+
+
+def default_local_workers() -> int:
+    """Threads the local OCR engine reads in: 2, but 1 on a machine of 2 cores or fewer,
+    where the crawl itself needs one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 2 if (cores or 1) > 2 else 1
+
+
+def check_confidence(name: str, value: Any) -> float:
+    allowed = "a number from 0 to 1"
+    if isinstance(value, bool):
+        raise invalid(name, value, allowed)
+    try:
+        confidence = float(value)
+    except (TypeError, ValueError):
+        raise invalid(name, value, allowed) from None
+    if not 0.0 <= confidence <= 1.0:  # NaN too
+        raise invalid(name, value, allowed)
+    return confidence
+
+
+def check_length(name: str, value: Any) -> int:
+    allowed = "a whole number of characters >= 1"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise invalid(name, value, allowed)
+    try:
+        length = int(value)
+    except ValueError:
+        raise invalid(name, value, allowed) from None
+    if length < 1:
+        raise invalid(name, value, allowed)
+    return length
+
+
+def check_charset(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise invalid(name, value, "a non-empty string of the characters answers may contain")
+    return "".join(dict.fromkeys(value.strip()))  # each character once, in the given order
+
+
+def check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise invalid(name, value, "True or False")
+    return value
 
 
 def check_url(name: str, value: Any) -> str:
@@ -284,6 +332,11 @@ class SolverSettings:
     #: The fleet's name; None: the spider's name.
     fleet: str | None
     add_request_slots: bool
+    local_ocr: bool
+    local_min_confidence: float
+    local_length: int | None
+    local_charset: str | None
+    local_workers: int
 
     def state_limits(self) -> StateLimits:
         """What the crawl-wide solving state enforces."""
@@ -354,6 +407,16 @@ class SolverSettings:
             redis_url=read.optional("CAPSOLVER_REDIS_URL", check_redis_url),
             fleet=read.optional("CAPSOLVER_FLEET", check_text),
             add_request_slots=read.boolean("CAPSOLVER_ADD_REQUEST_SLOTS", True),
+            local_ocr=read.boolean("CAPSOLVER_LOCAL_OCR", False),
+            local_min_confidence=check_confidence(
+                "CAPSOLVER_LOCAL_MIN_CONFIDENCE",
+                read.raw("CAPSOLVER_LOCAL_MIN_CONFIDENCE", DEFAULT_LOCAL_MIN_CONFIDENCE),
+            ),
+            local_length=read.optional("CAPSOLVER_LOCAL_LENGTH", check_length),
+            local_charset=read.optional("CAPSOLVER_LOCAL_CHARSET", check_charset),
+            local_workers=read.integer(
+                "CAPSOLVER_LOCAL_WORKERS", default_local_workers(), minimum=1
+            ),
         )
         _warn_unknown(settings, read.names)
         return config

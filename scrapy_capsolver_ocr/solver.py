@@ -5,7 +5,9 @@
 anything is spent on it, asks its readers in turn (:mod:`.reading`), and keeps the
 ``capsolver/requested``, ``solved``, ``failed`` and ``solve_time`` stats. The paid reader,
 :class:`~scrapy_capsolver_ocr.paying.CapSolverReader`, paces, retries and counts every
-createTask call.
+createTask call. With ``CAPSOLVER_LOCAL_OCR``, the local reader
+(:class:`~scrapy_capsolver_ocr.local_ocr.reader.LocalReader`) reads each image first and
+answers when it is sure enough.
 """
 
 from __future__ import annotations
@@ -13,18 +15,31 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from scrapy.statscollectors import StatsCollector
 
 from .client import CapSolverApi
 from .errors import CaptchaOptionsError, CaptchaSolveError, unexpected_error
 from .images import check_image
+from .local_ocr import require_ddddocr
 from .paying import CapSolverReader
 from .reading import CaptchaImage, ImageReader
-from .settings import SolverSettings, check_score, check_text, check_url
-from .solution import CaptchaSolution
+from .settings import (
+    SolverSettings,
+    check_charset,
+    check_flag,
+    check_length,
+    check_score,
+    check_text,
+    check_url,
+)
+from .solution import LOCAL, CaptchaSolution
 from .state import MemoryState, SolvingState
+
+if TYPE_CHECKING:
+    from .local_ocr.reader import LocalReader
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +66,14 @@ class CaptchaSolver:
         self._reactor: Any = reactor
         self.state = state or MemoryState(config.state_limits())
         self.paid = CapSolverReader(config, stats, self.state, on_fatal)
+        self.local: LocalReader | None = None
         self._readers: list[ImageReader] = [self.paid]
+        if config.local_ocr:
+            require_ddddocr("CAPSOLVER_LOCAL_OCR = True")
+            from .local_ocr.reader import LocalReader  # numpy and the engine: only when on
+
+            self.local = LocalReader(config, stats, reactor)
+            self._readers.insert(0, self.local)
         self.in_flight = 0
 
     def __repr__(self) -> str:
@@ -80,19 +102,30 @@ class CaptchaSolver:
         score: float | None = None,
         website_url: str | None = None,
         source: str = "image",
+        local: bool | None = None,
+        length: int | None = None,
+        charset: str | None = None,
+        attempt: int = 1,
     ) -> CaptchaSolution:
         """Solve ``image`` (raw bytes of a PNG, JPEG, GIF, BMP or WEBP).
 
         ``module``, ``score`` and ``website_url`` override the settings for this image;
-        ``source`` names the image in error messages. Raises a :class:`CaptchaSolveError`:
-        :class:`~scrapy_capsolver_ocr.CaptchaOptionsError` for a bad option,
-        :class:`~scrapy_capsolver_ocr.CaptchaImageError` for bytes that cannot be sent.
+        ``source`` names the image in error messages. With ``CAPSOLVER_LOCAL_OCR``, the
+        image is read locally first: ``local=False`` sends it to CapSolver all the same;
+        ``length`` and ``charset`` are what its answer looks like (else the settings', else
+        learnt from the site); ``attempt`` > 1 (a fresh captcha after the site refused an
+        answer) goes to CapSolver when there is an API key.
+
+        Raises a :class:`CaptchaSolveError`: :class:`~scrapy_capsolver_ocr.CaptchaOptionsError`
+        for a bad option, :class:`~scrapy_capsolver_ocr.CaptchaImageError` for bytes that
+        cannot be sent.
         """
         self._stats.inc_value("capsolver/requested")
         self.in_flight += 1
         started = self._reactor.seconds()
         try:
             captcha = self._checked(image, module, score, website_url, source)
+            captcha = self._routed(captcha, local, length, charset, attempt)
             solution = await self._read(captcha)
         except CaptchaSolveError as exc:
             self._count_failure(exc)
@@ -133,10 +166,43 @@ class CaptchaSolver:
             website_url=website_url,
         )
 
+    def _routed(
+        self,
+        captcha: CaptchaImage,
+        local: bool | None,
+        length: int | None,
+        charset: str | None,
+        attempt: int,
+    ) -> CaptchaImage:
+        """``captcha`` with what the local reader needs to know about it."""
+        try:
+            if local is not None:
+                local = check_flag("local", local)
+            if length is not None:
+                length = check_length("length", length)
+            if charset is not None:
+                charset = check_charset("charset", charset)
+            if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+                raise ValueError(f"attempt={attempt!r} is not valid: expected an int >= 1")
+        except ValueError as exc:
+            raise CaptchaOptionsError(str(exc)) from None
+        if local and self.local is None:
+            raise CaptchaOptionsError(
+                "local=True asks for the local OCR engine, which is off: set "
+                "CAPSOLVER_LOCAL_OCR = True."
+            )
+        # After a refused answer the site has drawn a new captcha: the paid reader gets it,
+        # unless there is no key to pay with.
+        retried = attempt > 1 and self.config.api_key is not None
+        use_local = self.local is not None and local is not False and not retried
+        return replace(captcha, local=use_local, length=length, charset=charset)
+
     async def _read(self, captcha: CaptchaImage) -> CaptchaSolution:
         for reader in self._readers:
             solution = await reader.read(captcha)
             if solution is not None:
+                if self.local is not None:
+                    self.local.answered(captcha, solution)
                 return solution
         # The paid reader always answers or raises; only a reader list without it ends here.
         raise CaptchaSolveError(f"No reader could read the captcha of {captcha.source}.")
@@ -154,8 +220,18 @@ class CaptchaSolver:
 
     async def report_wrong(self, solution: CaptchaSolution, message: str = "") -> None:
         """The site rejected ``solution``: forget it and tell CapSolver (``feedbackTask``)
-        when ``CAPSOLVER_REPORT_WRONG`` is on. A failed report is logged, never raised."""
+        when ``CAPSOLVER_REPORT_WRONG`` is on. A failed report is logged, never raised.
+        A local answer has no task to report: it is counted in ``capsolver/local/rejected``."""
+        if solution.solver == LOCAL:
+            self._stats.inc_value("capsolver/local/rejected")
+            return
         await self.paid.report_wrong(solution, message)
+
+    def report_right(self, solution: CaptchaSolution) -> None:
+        """The site accepted ``solution``: with local-first on, the length and characters of
+        the site's answers are learnt from it."""
+        if self.local is not None:
+            self.local.accepted(solution)
 
     # Balance
 
@@ -170,5 +246,10 @@ class CaptchaSolver:
         return await self.paid.record_balance(at_start=at_start)
 
     async def close(self) -> None:
-        """Fail what still waits and close the connection pool (the crawl has ended)."""
-        await self.paid.close()
+        """Fail what still waits, close the connection pool and stop the local OCR threads
+        (the crawl has ended)."""
+        try:
+            await self.paid.close()
+        finally:
+            if self.local is not None:
+                await self.local.close()

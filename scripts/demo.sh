@@ -2,11 +2,14 @@
 # The demo, from a fresh clone: captcha logins on a local demo site, solved by a local OCR
 # server, with no account and no internet beyond installing packages.
 #
-#   bash scripts/demo.sh [--logins N] [--digits] [--browser] [--spider NAME] [--fleet N] [-v]
+#   bash scripts/demo.sh [--logins N] [--digits] [--browser] [--spider NAME] [--local-first]
+#                        [--fleet N] [-v]
 #
 # Sets up .venv (Python 3.10+; reused when present), then runs example_project/run_demo.py,
 # which starts the servers on free loopback ports, crawls, prints a summary and stops the
-# servers. With CAPSOLVER_API_KEY set, captchas go to CapSolver's cloud instead.
+# servers. With CAPSOLVER_API_KEY set, captchas go to CapSolver's cloud instead. With
+# --local-first each captcha is read on this machine first, and only the ones the engine is
+# not sure of go to the API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -15,6 +15,8 @@ from scrapy.exceptions import ScrapyDeprecationWarning
 from scrapy.http import FormRequest, Response, TextResponse
 from twisted.python.failure import Failure
 
+from scrapy_capsolver_ocr import CaptchaSolution
+
 CREDENTIALS = {"username": "demo", "password": "demo"}
 WRONG_CAPTCHA = "Wrong captcha"
 ITEMS = ["Brass compass", "Pocket watch", "Oil lamp", "Sextant", "Telescope", "Ship in a bottle"]
@@ -45,6 +47,7 @@ class CaptchaSpider(scrapy.Spider):
         self.site = site
         self.jars = jars
         self.solved: defaultdict[Hashable, list[tuple[int, str]]] = defaultdict(list)
+        self.solutions: defaultdict[Hashable, list[CaptchaSolution]] = defaultdict(list)
         self.landed: dict[Hashable, str] = {}
         self.items: dict[Hashable, list[str]] = {}
         self.errors: dict[Hashable, BaseException | None] = {}
@@ -62,6 +65,7 @@ class CaptchaSpider(scrapy.Spider):
     def record_solve(self, response: Response) -> None:
         jar = response.meta.get("cookiejar")
         self.solved[jar].append((response.meta["captcha_attempt"], response.meta["captcha_text"]))
+        self.solutions[jar].append(response.meta["captcha_solution"])
 
     def logged_in(self, response: Response) -> None:
         jar = response.meta.get("cookiejar")
@@ -87,22 +91,27 @@ class PageLoginSpider(CaptchaSpider):
         path: str = "/login",
         selector: str = "#captcha-image",
         retry_if: Any = WRONG_CAPTCHA,
+        options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(site, **kwargs)
         self.path = path
         self.selector = selector
         self.retry_if = retry_if
+        self.options = options or {}
 
     async def start(self) -> AsyncIterator[scrapy.Request]:
         for jar in self.jars:
-            yield scrapy.Request(
-                self.site + self.path,
-                meta={"solve_image": {"selector": self.selector}, **jar_meta(jar)},
-                callback=self.parse_form,
-                errback=self.failed,
-                dont_filter=True,
-            )
+            yield self.login_page(jar)
+
+    def login_page(self, jar: Hashable) -> scrapy.Request:
+        return scrapy.Request(
+            self.site + self.path,
+            meta={"solve_image": {"selector": self.selector, **self.options}, **jar_meta(jar)},
+            callback=self.parse_form,
+            errback=self.failed,
+            dont_filter=True,
+        )
 
     def parse_form(self, response: Response) -> FormRequest:
         self.record_solve(response)

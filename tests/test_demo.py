@@ -81,6 +81,23 @@ def test_demo_logs_in_with_the_local_ocr_server(tmp_path: Path, captchas: str) -
     assert "Traceback" not in result.stderr
 
 
+def test_demo_local_first_reads_locally_and_sends_the_rest_to_the_api(tmp_path: Path) -> None:
+    pytest.importorskip("ddddocr", reason='the OCR extra: pip install ".[ocr]"')
+    result, summary = run_demo(tmp_path, "--logins", "3", "--digits", "--local-first")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary["local_first"] is True
+    assert summary["solver"] == "local"  # the local OCR server stands in for CapSolver
+    local = 0
+    for spider in summary["spiders"].values():
+        # Every captcha answered once: by the local engine, or by an API call.
+        assert spider["local_answers"] + spider["paid_answers"] == spider["captchas_solved"]
+        local += spider["local_answers"]
+    assert local > 0  # 9 in 10 of the digit captchas are read surely
+    assert_every_wrong_answer_retried_within_the_limit(summary)
+    assert "Local first: " in result.stdout
+    assert "Traceback" not in result.stderr
+
+
 def test_demo_with_a_key_solves_through_the_api_and_gives_up_at_the_limit(
     tmp_path: Path, capsolver: CapSolverMock
 ) -> None:

@@ -15,15 +15,20 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 PROGRESS = re.compile(
-    r"Captchas: (?P<solved>\d+) solved \(at (?P<rate>[\d.]+)/min\), (?P<failed>\d+) failed, "
+    r"Captchas: (?P<solved>\d+) solved \(at (?P<rate>[\d.]+)/min, (?P<free>\d+) of them free, "
+    r"read locally\), (?P<failed>\d+) failed, "
     r"(?P<in_flight>\d+) in flight \((?P<at_api>\d+) at the API\), (?P<tasks>\d+) API tasks"
 )
+TOTALS = "Captchas solved in this crawl: "
 
 
 def progress_lines(caplog: Any) -> list[dict[str, float]]:
+    """The periodic lines (not the totals at the end)."""
     lines = []
     for record in caplog.records:
         if record.name != "scrapy_capsolver_ocr.progress":
+            continue
+        if record.getMessage().startswith(TOTALS):
             continue
         match = PROGRESS.fullmatch(record.getMessage())
         assert match is not None, record.getMessage()
@@ -66,10 +71,16 @@ async def test_progress_line_shows_solved_failed_in_flight_and_rate(
             assert after[name] >= before[name]
     assert all(line["tasks"] <= 4 for line in lines)
 
-    # The loop stops with the crawl.
+    assert all(line["free"] == 0 for line in lines)  # local-first is off
+
+    # The loop stops with the crawl, which logs its totals once.
     count = len(lines)
     await later(0.3)
     assert len(progress_lines(caplog)) == count
+    totals = [r.getMessage() for r in caplog.records if r.getMessage().startswith(TOTALS)]
+    assert totals == [
+        f"{TOTALS}4, 0 of them read locally for free (0 %); 1 failed; 4 paid API tasks"
+    ]
 
 
 @pytest_twisted.ensureDeferred

@@ -64,6 +64,17 @@ BAD_SETTINGS: list[tuple[str, Any, str, str]] = [
     ("CAPSOLVER_URL_PATTERNS", ["/captcha/(", "ok"], "'/captcha/('", "regular expressions"),
     ("CAPSOLVER_URL_PATTERNS", 5, "5", "a list of regular expressions"),
     ("CAPSOLVER_API_KEY", "   ", "'   '", "a CapSolver key (this one is blank)"),
+    ("CAPSOLVER_LOCAL_OCR", "maybe", "'maybe'", "True or False"),
+    ("CAPSOLVER_LOCAL_MIN_CONFIDENCE", 1.5, "1.5", "a number from 0 to 1"),
+    ("CAPSOLVER_LOCAL_MIN_CONFIDENCE", -0.1, "-0.1", "a number from 0 to 1"),
+    ("CAPSOLVER_LOCAL_MIN_CONFIDENCE", "sure", "'sure'", "a number from 0 to 1"),
+    ("CAPSOLVER_LOCAL_MIN_CONFIDENCE", float("nan"), "nan", "a number from 0 to 1"),
+    ("CAPSOLVER_LOCAL_LENGTH", 0, "0", "a whole number of characters >= 1"),
+    ("CAPSOLVER_LOCAL_LENGTH", 4.5, "4.5", "a whole number of characters >= 1"),
+    ("CAPSOLVER_LOCAL_LENGTH", "four", "'four'", "a whole number of characters >= 1"),
+    ("CAPSOLVER_LOCAL_CHARSET", "   ", "'   '", "a non-empty string of the characters"),
+    ("CAPSOLVER_LOCAL_CHARSET", 123, "123", "a non-empty string of the characters"),
+    ("CAPSOLVER_LOCAL_WORKERS", 0, "0", "a whole number >= 1"),
 ]
 
 

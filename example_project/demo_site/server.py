@@ -20,9 +20,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     parser.add_argument("--port", type=int, default=8080, help="0: a free port (default: 8080)")
     parser.add_argument(
+        "--style",
+        choices=("noisy", "digits", "gvcode"),
+        default="noisy",
+        help=(
+            "noisy letters and digits (default); 4 digits with little distortion; or "
+            "letters and digits drawn by gvcode (pip install gvcode), which offline OCR "
+            "reads badly"
+        ),
+    )
+    parser.add_argument(
         "--digits",
-        action="store_true",
-        help="4-digit captchas with little distortion instead of noisy letters and digits",
+        action="store_const",
+        dest="style",
+        const="digits",
+        help="the same as --style digits",
     )
     parser.add_argument(
         "--reject-first",
@@ -47,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     args = parse_args(argv)
-    maker = CaptchaMaker.digits() if args.digits else CaptchaMaker.noisy()
+    maker = CaptchaMaker.of_style(args.style)
     site = DemoSite(maker, reject_first=args.reject_first, embed_answers=args.embed_answers)
     # Logs to stderr: stdout carries the URL line only.
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
