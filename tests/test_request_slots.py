@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_twisted
 import scrapy
 from conftest import CapSolverMock
@@ -197,30 +198,24 @@ async def test_failed_solves_give_their_lent_slots_back(
     assert spider.slots_at_close == 1 + 1
 
 
+@pytest.mark.parametrize(
+    ("settings", "slots"),
+    [
+        # Each captcha image is larger than this: no solve may wait on a slot of its own.
+        ({"SCRAPER_SLOT_MAX_ACTIVE_SIZE": 2048}, 2 + 2),
+        # Neither the add-on's room nor lent slots.
+        ({"CAPSOLVER_ADD_REQUEST_SLOTS": False}, 2),
+    ],
+    ids=["past-the-memory-for-waiting-images", "when-the-plugin-adds-no-slots"],
+)
 @pytest_twisted.ensureDeferred
-async def test_no_slot_is_lent_beyond_the_memory_for_waiting_images(
-    capsolver: CapSolverMock, image_site: str
+async def test_no_slot_is_lent(
+    capsolver: CapSolverMock, image_site: str, settings: dict[str, Any], slots: int
 ) -> None:
-    # Each captcha image is larger than this: no solve may wait on a slot of its own.
-    spider = await crawl_queue_then_pages(
-        capsolver, image_site, "nolend", SCRAPER_SLOT_MAX_ACTIVE_SIZE=2048
-    )
+    spider = await crawl_queue_then_pages(capsolver, image_site, "nolend", **settings)
 
-    # The 4 request slots hold 2 solves at the API and 2 waiting their turn: the pages
+    # The request slots hold the solves at the API and those waiting their turn: the pages
     # go through only once the captcha requests are all out of the queue.
     assert spider.events.index("page") > spider.events.index("solved")
     assert sorted(spider.events) == ["page"] * 10 + ["solved"] * 6
-    assert spider.slots_at_close == 2 + 2
-
-
-@pytest_twisted.ensureDeferred
-async def test_no_slot_is_lent_when_the_plugin_adds_none(
-    capsolver: CapSolverMock, image_site: str
-) -> None:
-    spider = await crawl_queue_then_pages(
-        capsolver, image_site, "optout", CAPSOLVER_ADD_REQUEST_SLOTS=False
-    )
-
-    assert spider.events.index("page") > spider.events.index("solved")
-    assert sorted(spider.events) == ["page"] * 10 + ["solved"] * 6
-    assert spider.slots_at_close == 2
+    assert spider.slots_at_close == slots
