@@ -1,8 +1,9 @@
 """Solving at scale, measured: concurrency, the official SDK side by side, the per-solve
-overhead, the crawl moving during slow solves, memory over many solves, the scaling curve.
+overhead, the crawl moving during slow solves (with room made for them, and with Scrapy's
+default settings), memory over many solves, the scaling curve.
 
     pip install matplotlib capsolver          # the plot; the SDK for the side-by-side runs
-    python benchmarks/bench_solving.py        # about 7 minutes on 2 cores
+    python benchmarks/bench_solving.py        # about 10 minutes on 2 cores
     python benchmarks/bench_solving.py --quick
 
 It starts the CapSolver mock (tests/servers/capsolver_mock.py) and the image site
@@ -67,6 +68,9 @@ class Plan:
     overhead_concurrency: int = 16
     pages: int = 1000
     slow_solves: int = 200
+    default_pages: int = 1000
+    default_solves: int = 200
+    default_latency: float = 3.0
     memory_solves: int = 10_000
     image_size: int = 30_000
     scaling: tuple[int, ...] = (1, 4, 16, 64, 256)
@@ -84,6 +88,7 @@ class Plan:
             self.sdk_captchas,
             self.overhead_solves,
             self.slow_solves,
+            self.default_solves,
             *(self.scaling_solves(c) for c in self.scaling),
         )
 
@@ -94,6 +99,8 @@ QUICK = Plan(
     overhead_solves=500,
     pages=300,
     slow_solves=100,
+    default_pages=300,
+    default_solves=60,
     memory_solves=2000,
     scaling_rounds=4,
 )
@@ -168,9 +175,21 @@ class Bench:
     def repeated(self, kind: str, key: str, **params: Any) -> dict[str, Any]:
         """The fastest of ``plan.repeat`` runs by ``key`` (other processes on a shared
         machine only ever slow a run down), with every run's value kept."""
-        runs = [self.measured(kind, **params) for _ in range(self.plan.repeat)]
-        best = min(runs, key=lambda r: r[key])
-        best["all_" + key] = [r[key] for r in runs]
+        return self.interleaved(kind, key, {"": params})[""]
+
+    def interleaved(
+        self, kind: str, key: str, variants: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        """:meth:`repeated` for each variant, the runs taken in turns (one of each,
+        ``plan.repeat`` times) so that the variants compared meet the same load."""
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+        for _ in range(self.plan.repeat):
+            for name, params in variants.items():
+                runs[name].append(self.measured(kind, **params))
+        best = {}
+        for name, results in runs.items():
+            best[name] = min(results, key=lambda r: r[key])
+            best[name]["all_" + key] = [r[key] for r in results]
         return best
 
 
@@ -191,10 +210,15 @@ def concurrency(bench: Bench) -> dict[str, Any]:
     best = bench.repeated(
         "crawl", "solve_span", settings=room(plan.concurrency), call_times=True, **common
     )
-    # Scrapy's own defaults (CONCURRENT_REQUESTS = 16): a request waiting for its solve
-    # holds a request slot, so at most 16 solves can be in flight whatever the plugin allows.
+    # Scrapy's own defaults (CONCURRENT_REQUESTS = 16), which the add-on raises.
     defaults = bench.measured(
         "crawl", settings={"CAPSOLVER_CONCURRENCY": plan.concurrency}, **common
+    )
+    # Neither the add-on's room nor lent slots: at most 16 solves can be in flight.
+    no_room = bench.measured(
+        "crawl",
+        settings={"CAPSOLVER_CONCURRENCY": plan.concurrency, "CAPSOLVER_ADD_REQUEST_SLOTS": False},
+        **common,
     )
     return {
         "captchas": plan.captchas,
@@ -203,28 +227,27 @@ def concurrency(bench: Bench) -> dict[str, Any]:
         "ideal": math.ceil(plan.captchas / plan.concurrency) * plan.latency,
         "plugin": best,
         "scrapy_defaults": defaults,
+        "no_request_slots": no_room,
     }
 
 
 def side_by_side(bench: Bench) -> dict[str, Any]:
     plan = bench.plan
     common: dict[str, Any] = {"latency": plan.latency, "captchas": captchas(plan.sdk_captchas)}
+    common["call_times"] = True
     settings = room(plan.concurrency)
-    rows = {
-        "plugin": bench.repeated("crawl", "solve_span", settings=settings, **common),
-        "sdk_thread_pool": bench.repeated(
-            "crawl", "solve_span", solve="sdk_thread", settings=settings, **common
-        ),
-        "sdk_thread_pool_sized": bench.repeated(
-            "crawl",
-            "solve_span",
-            solve="sdk_thread",
-            settings={**settings, "REACTOR_THREADPOOL_MAXSIZE": plan.concurrency},
-            **common,
-        ),
-        # Once: it takes captchas x latency seconds, and a busy machine barely changes that.
-        "sdk_blocking": bench.measured("crawl", solve="sdk", settings=settings, **common),
-    }
+    sized = {**settings, "REACTOR_THREADPOOL_MAXSIZE": plan.concurrency}
+    rows = bench.interleaved(
+        "crawl",
+        "wall",
+        {
+            "plugin": {"settings": settings, **common},
+            "sdk_thread_pool": {"solve": "sdk_thread", "settings": settings, **common},
+            "sdk_thread_pool_sized": {"solve": "sdk_thread", "settings": sized, **common},
+        },
+    )
+    # Once: it takes captchas x latency seconds, and a busy machine barely changes that.
+    rows["sdk_blocking"] = bench.measured("crawl", solve="sdk", settings=settings, **common)
     return {
         "captchas": plan.sdk_captchas,
         "latency": plan.latency,
@@ -304,6 +327,41 @@ def crawl_moves(bench: Bench) -> dict[str, Any]:
         "pages_only": pages_only,
         "control": control,
         "with_solves": loaded,
+    }
+
+
+def defaults(bench: Bench) -> dict[str, Any]:
+    """Pages per second while slow solves wait, with Scrapy's and the plugin's default
+    settings (only the add-on enabled): the pages and the captchas mixed in one crawl,
+    against the same crawl whose captchas are downloaded but not solved."""
+    plan = bench.plan
+    pages, solves = plan.default_pages, plan.default_solves
+    common: dict[str, Any] = {"pages": pages, "settings": {}}
+    mixed: dict[str, Any] = {"captchas": captchas(solves), "captcha_every": pages // solves}
+    runs = bench.interleaved(
+        "crawl",
+        "page_span",
+        {
+            "pages_only": common,
+            "control": {"solve": "none", **mixed, **common},
+            "with_solves": {"latency": plan.default_latency, **mixed, **common},
+        },
+    )
+    # Neither the add-on's room nor lent slots: every solve holds one of Scrapy's 16 request
+    # slots. Once: the pages then crawl at the pace of the solves.
+    no_room = bench.measured(
+        "crawl",
+        latency=plan.default_latency,
+        pages=pages,
+        settings={"CAPSOLVER_ADD_REQUEST_SLOTS": False},
+        **mixed,
+    )
+    return {
+        "pages": pages,
+        "solves": solves,
+        "latency": plan.default_latency,
+        **runs,
+        "no_request_slots": no_room,
     }
 
 
@@ -427,6 +485,7 @@ STEPS: dict[str, Callable[[Bench, argparse.Namespace], dict[str, Any]]] = {
     "side_by_side": lambda bench, args: side_by_side(bench),
     "overhead": lambda bench, args: overhead(bench, profile_path(args, bench.log_dir)),
     "crawl_moves": lambda bench, args: crawl_moves(bench),
+    "defaults": lambda bench, args: defaults(bench),
     "memory": lambda bench, args: memory(bench),
     "scaling": lambda bench, args: scaling(bench),
 }

@@ -85,6 +85,9 @@ class Marks:
     failed: int = 0
     rss: list[tuple[int, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: The most requests Scrapy's downloader allowed at once (CONCURRENT_REQUESTS and the
+    #: slots the plugin lent to waiting solves), sampled at each response.
+    request_slots: int = 0
 
     def image_downloaded(self) -> None:
         if self.first_image is None:
@@ -103,6 +106,7 @@ class Marks:
             "pages": len(self.pages),
             "errors": self.errors[:5],
             "rss": self.rss,
+            "request_slots": self.request_slots,
         }
         if self.solved and self.first_image is not None:
             result["solve_span"] = self.solved[-1] - self.first_image
@@ -136,6 +140,7 @@ def make_spider_class() -> type[Any]:
             solve: str,
             marks: Marks,
             pages_after_captchas: bool = False,
+            captcha_every: int = 0,
             **kwargs: Any,
         ) -> None:
             super().__init__(**kwargs)
@@ -144,6 +149,7 @@ def make_spider_class() -> type[Any]:
             self.solve = solve
             self.marks = marks
             self.pages_after_captchas = pages_after_captchas
+            self.captcha_every = captcha_every
             self.images_downloaded = 0
             self.all_images: Deferred[None] = Deferred()
 
@@ -154,6 +160,8 @@ def make_spider_class() -> type[Any]:
             return spider  # type: ignore[no-any-return]
 
         def downloaded(self, response: Response, request: Request, spider: Any) -> None:
+            downloader = self.crawler.engine.downloader
+            self.marks.request_slots = max(self.marks.request_slots, downloader.total_concurrency)
             if "bench_captcha" in request.meta:
                 self.marks.image_downloaded()
                 self.images_downloaded += 1
@@ -170,20 +178,40 @@ def make_spider_class() -> type[Any]:
             meta: dict[str, Any] = {"bench_captcha": True}
             if self.solve == "plugin":
                 meta["solve_image"] = True
-            for url in self.captcha_urls:
-                yield Request(
+            # Mixed in among the pages, a captcha has their priority; else it goes first.
+            priority = 0 if self.captcha_every else 1
+            captchas = (
+                Request(
                     url,
                     meta=dict(meta),
                     callback=callbacks[self.solve],
                     errback=self.failed,
                     dont_filter=True,
-                    priority=1,
+                    priority=priority,
                 )
+                for url in self.captcha_urls
+            )
+            pages = (
+                Request(url, callback=self.page, errback=self.failed, dont_filter=True)
+                for url in self.page_urls
+            )
+            if self.captcha_every:
+                # A captcha after every captcha_every pages, as a crawl meets them.
+                for index, page in enumerate(pages, 1):
+                    yield page
+                    captcha = next(captchas, None) if index % self.captcha_every == 0 else None
+                    if captcha is not None:
+                        yield captcha
+                for captcha in captchas:
+                    yield captcha
+                return
+            for captcha in captchas:
+                yield captcha
             if self.pages_after_captchas and self.captcha_urls:
                 # The pages then crawl entirely while the solves are in flight.
                 await maybe_deferred_to_future(self.all_images)
-            for url in self.page_urls:
-                yield Request(url, callback=self.page, errback=self.failed, dont_filter=True)
+            for page in pages:
+                yield page
 
         def solved(self, response: Response) -> None:
             if self.solve == "plugin" and "captcha_text" not in response.meta:
@@ -317,8 +345,8 @@ def solver_state(crawler: Any) -> dict[str, Any]:
         solver = get_solver(crawler)
     except RuntimeError:
         return {}
-    # A benchmark may look inside the crawl's memory state: this is what it checks.
-    cache = [solution for solution, _ in solver.state._answers.values()]  # type: ignore[attr-defined]
+    state = solver.state  # a benchmark may look inside: this is what it checks
+    cache = [solution for solution, _ in state._answers.values()]
     holds_bytes = any(
         isinstance(getattr(solution, f.name), SOLUTION_BYTES_TYPES)
         for solution in cache
@@ -327,7 +355,7 @@ def solver_state(crawler: Any) -> dict[str, Any]:
     return {
         "cached_solutions": len(cache),
         "cache_holds_bytes": holds_bytes,
-        "shared_calls_left": len(solver.state._claims),  # type: ignore[attr-defined]
+        "shared_calls_left": len(state._claims),
     }
 
 
@@ -357,6 +385,7 @@ def run_crawl(params: dict[str, Any]) -> dict[str, Any]:
         "solve": params.get("solve", "plugin"),
         "marks": marks,
         "pages_after_captchas": bool(params.get("pages_after_captchas")),
+        "captcha_every": int(params.get("captcha_every", 0)),
     }
     rss_before = rss_mb()
     if marks.rss_every:
@@ -371,6 +400,7 @@ def run_crawl(params: dict[str, Any]) -> dict[str, Any]:
         live=live_objects(),
         stats=capsolver_stats(crawler),
         finish_reason=crawler.stats.get_value("finish_reason"),
+        concurrent_requests=crawler.settings.getint("CONCURRENT_REQUESTS"),
         cpu=cpu,
         **solver_state(crawler),
     )

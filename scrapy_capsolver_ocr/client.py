@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import treq
 from OpenSSL import SSL
 from scrapy.utils.defer import maybe_deferred_to_future
 from service_identity import VerificationError
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from .api_errors import error_for_code
@@ -78,6 +78,34 @@ class _Endpoints:
         return endpoint  # type: ignore[no-any-return]
 
 
+@implementer(IBodyProducer)
+class _WholeBody:
+    """A request body written in one piece as the request starts. treq's own producer for
+    bytes writes through Twisted's cooperator, a reactor turn after the headers: on a busy
+    reactor the call then waits for that turn, and goes out in two writes."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _whole_body(body: bytes) -> IBodyProducer:
+    return cast(IBodyProducer, _WholeBody(body))
+
+
 def _tls_refusal(exc: Exception) -> str:
     """What OpenSSL or the host name check said, when the call failed on the server's
     certificate; empty otherwise."""
@@ -105,7 +133,8 @@ class CapSolverApi:
 
     TLS certificates are verified (Twisted's browser-like policy); redirects are not
     followed, so the key in the body never goes to another host. treq's agent gets its
-    endpoints from :class:`_Endpoints`, made once per host rather than once per call.
+    endpoints from :class:`_Endpoints`, made once per host rather than once per call, and
+    each body is written with its headers (:class:`_WholeBody`).
     No text that leaves this class quotes an answer's body, and the key's value is scrubbed
     from every message: a proxy that echoes the request would otherwise show the key.
     """
@@ -122,7 +151,7 @@ class CapSolverApi:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = max_connections
         agent: Any = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=self._pool)
-        self._http = treq.client.HTTPClient(agent)
+        self._http = treq.client.HTTPClient(agent, data_to_body_producer=_whole_body)
 
     def __repr__(self) -> str:
         return f"CapSolverApi(api_url={self.api_url!r}, api_key={self.api_key!r})"

@@ -22,6 +22,7 @@ from .page_captcha import SIDE_REQUEST, check_image_status, http_url, page_image
 from .progress import SolveProgress
 from .rejection import RejectionHandler
 from .request_meta import CaptchaMeta, parse_meta
+from .request_slots import RequestSlots
 from .sessions import SessionSolutions, SolvedCaptcha
 from .settings import SolverSettings, mask_api_key
 from .solution import CaptchaSolution
@@ -75,6 +76,10 @@ class CaptchaSolverMiddleware:
             self.solver, self._injector, crawler.stats, self.config.max_attempts
         )
         self._image_order = itertools.count()
+        # The add-on made room for CAPSOLVER_CONCURRENCY solves; the others get slots lent.
+        self._request_slots = RequestSlots.from_crawler(
+            crawler, held=self.config.concurrency, enabled=self.config.add_request_slots
+        )
         self._parsed: WeakKeyDictionary[Request, CaptchaMeta] = WeakKeyDictionary()
         crawler.signals.connect(self._spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
@@ -105,7 +110,8 @@ class CaptchaSolverMiddleware:
         if options is None:
             return response
         try:
-            solution, order = await self._solve(request, response, options, parsed.attempt)
+            with self._request_slots.solving_one(len(response.body)):
+                solution, order = await self._solve(request, response, options, parsed.attempt)
         except CaptchaSolveError:
             raise
         except Exception as exc:
