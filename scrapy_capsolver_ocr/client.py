@@ -31,6 +31,7 @@ from .errors import (
     CaptchaTimeoutError,
     CaptchaTransientError,
 )
+from .reactor import installed_reactor
 from .settings import ApiKey
 
 logger = logging.getLogger(__name__)
@@ -142,12 +143,10 @@ class CapSolverApi:
     def __init__(
         self, api_url: str, api_key: ApiKey | None, timeout: float, max_connections: int
     ) -> None:
-        from twisted.internet import reactor
-
         self.api_url = api_url
         self.api_key = api_key
         self.timeout = timeout
-        self._reactor: Any = reactor
+        self._reactor = reactor = installed_reactor()
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = max_connections
         agent: Any = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=self._pool)

@@ -20,6 +20,7 @@ from .injection import ANSWER, LOGGED_TEXT, CaptchaInjector
 from .options import SolveOptions
 from .page_captcha import SIDE_REQUEST, check_image_status, http_url, page_image
 from .progress import SolveProgress
+from .reactor import installed_reactor
 from .rejection import RejectionHandler
 from .request_meta import CaptchaMeta, parse_meta
 from .request_slots import RequestSlots
@@ -279,11 +280,8 @@ class CaptchaSolverMiddleware:
         if not self.config.close_on_fatal or self._closing:
             return
         self._closing = True
-        from twisted.internet import reactor as installed_reactor
-
-        reactor: Any = installed_reactor
         # Not awaited: closing waits for the downloads in flight, the caller's included.
-        reactor.callLater(0, self._start_close, reason)
+        installed_reactor().callLater(0, self._start_close, reason)
 
     def _start_close(self, reason: str) -> None:
         engine: Any = self.crawler.engine

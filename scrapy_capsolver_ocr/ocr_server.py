@@ -37,6 +37,7 @@ from .ocr_server_api import (
     OcrEngine,
 )
 from .ocr_server_http import ServerLimits, api_site
+from .reactor import installed_reactor
 
 if TYPE_CHECKING:
     from .local_ocr.gate import Reading
@@ -128,10 +129,7 @@ def start_server(
         raise ValueError(f"workers must be at least 1, got {workers}")
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
+    reactor = installed_reactor(reactor)
     pool = ThreadPool(minthreads=0, maxthreads=workers, name="capsolver-ocr")
     api = LocalCapSolver(
         engine or DdddOcrEngine(max_pixels),
@@ -155,9 +153,7 @@ def serve(engine: OcrEngine | None = None, **options: Any) -> None:
     The first line on stdout is the URL, written once the port is bound: a parent process
     that reads it can connect at once, with no race on the port.
     """
-    from twisted.internet import reactor as installed_reactor
-
-    reactor: Any = installed_reactor
+    reactor = installed_reactor()
     server = start_server(engine, reactor=reactor, **options)
     reactor.addSystemEventTrigger("before", "shutdown", server.stop)
     print(server.url, flush=True)

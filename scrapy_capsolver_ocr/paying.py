@@ -34,6 +34,7 @@ from .errors import (
     CaptchaTransientError,
 )
 from .image_task import TaskRunner, solution_from, task_payload
+from .reactor import installed_reactor
 from .reading import CaptchaImage
 from .settings import SolverSettings
 from .solution import CaptchaSolution
@@ -88,8 +89,6 @@ class CapSolverReader:
         on_fatal: Callable[[str], None],
         api: CapSolverApi | None = None,
     ) -> None:
-        from twisted.internet import reactor
-
         self.config = config
         self.api = api or CapSolverApi(
             config.api_url, config.api_key, config.timeout, config.concurrency
@@ -97,7 +96,7 @@ class CapSolverReader:
         self.state = state
         self._stats = stats
         self._on_fatal = on_fatal
-        self._reactor: Any = reactor
+        self._reactor = installed_reactor()
         self._runner = TaskRunner(
             self.api,
             self._sleep,

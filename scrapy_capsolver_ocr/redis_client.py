@@ -26,6 +26,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from .reactor import installed_reactor
 from .settings import redact_url
 
 logger = logging.getLogger(__name__)
@@ -228,12 +229,8 @@ class RedisClient:
         connect_timeout: float = CONNECT_TIMEOUT,
         reply_timeout: float = REPLY_TIMEOUT,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as installed_reactor
-
-            reactor = installed_reactor
         self.address = address
-        self._reactor = reactor
+        self._reactor = installed_reactor(reactor)
         self._connect_timeout = connect_timeout
         self._reply_timeout = reply_timeout
         self._protocol: RedisProtocol | None = None

@@ -27,6 +27,7 @@ from twisted.internet.task import LoopingCall
 
 from . import errors
 from .errors import CaptchaCrawlClosingError, CaptchaFleetError, CaptchaSolveError
+from .reactor import installed_reactor
 from .redis_client import (
     RedisAddress,
     RedisClient,
@@ -132,10 +133,7 @@ class RedisState:
         reactor: Any = None,
         recheck: float = RECHECK,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as installed_reactor
-
-            reactor = installed_reactor
+        reactor = installed_reactor(reactor)
         self.limits = limits
         self.fleet = fleet
         self.address = RedisAddress.from_url(url)

@@ -16,7 +16,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from scrapy.statscollectors import StatsCollector
 
@@ -25,6 +25,7 @@ from .errors import CaptchaOptionsError, CaptchaSolveError, unexpected_error
 from .images import check_image
 from .local_ocr import require_ddddocr
 from .paying import CapSolverReader
+from .reactor import installed_reactor
 from .reading import CaptchaImage, ImageReader
 from .settings import (
     SolverSettings,
@@ -59,11 +60,9 @@ class CaptchaSolver:
         *,
         state: SolvingState | None = None,
     ) -> None:
-        from twisted.internet import reactor
-
         self.config = config
         self._stats = stats
-        self._reactor: Any = reactor
+        self._reactor = installed_reactor()
         self.state = state or MemoryState(config.state_limits())
         self.paid = CapSolverReader(config, stats, self.state, on_fatal)
         self.local: LocalReader | None = None
@@ -72,7 +71,7 @@ class CaptchaSolver:
             require_ddddocr("CAPSOLVER_LOCAL_OCR = True")
             from .local_ocr.reader import LocalReader  # numpy and the engine: only when on
 
-            self.local = LocalReader(config, stats, reactor)
+            self.local = LocalReader(config, stats, self._reactor)
             self._readers.insert(0, self.local)
         self.in_flight = 0
 

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.task import deferLater
 
 from .errors import CLOSE_BLOCKED, CLOSE_MAX_TASKS, CaptchaSolveError
+from .reactor import installed_reactor
 from .solution import CaptchaSolution
 
 
@@ -187,12 +188,8 @@ class MemoryState:
     """The state of one process: what a crawl without ``CAPSOLVER_REDIS_URL`` shares."""
 
     def __init__(self, limits: StateLimits, reactor: Any = None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as installed_reactor
-
-            reactor = installed_reactor
         self.limits = limits
-        self._reactor = reactor
+        self._reactor = installed_reactor(reactor)
         self._answers: OrderedDict[str, tuple[CaptchaSolution, float]] = OrderedDict()
         self._claims: dict[str, _Outcome] = {}
         self._tasks_used = 0
