@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from scrapy import Request, Spider, signals
+from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.defer import CancelledError
@@ -18,7 +19,13 @@ from .fleet import FleetWatch, build_state, fleet_name
 from .images import image_type
 from .injection import ANSWER, LOGGED_TEXT, CaptchaInjector
 from .options import SolveOptions
-from .page_captcha import SIDE_REQUEST, check_image_status, http_url, page_image
+from .page_captcha import (
+    SIDE_REQUEST,
+    check_image_status,
+    download_error,
+    http_url,
+    page_image,
+)
 from .progress import SolveProgress
 from .reactor import installed_reactor
 from .rejection import RejectionHandler
@@ -127,16 +134,22 @@ class CaptchaSolverMiddleware:
         # own answer.
         request.meta.pop(ANSWER, None)
         parsed = self._parsed.get(request)
-        if (
-            parsed is not None
-            and isinstance(exception, _CANCELLED)
-            and self._downloads_image(request, parsed)
-        ):
-            raise CaptchaImageError(
-                f"The captcha from {request.url} is larger than CAPSOLVER_MAX_IMAGE_SIZE "
-                f"({self.config.max_image_size} bytes); its download was stopped. Raise the "
-                "setting if the image is really a captcha."
-            ) from exception
+        # IgnoreRequest is Scrapy's word for a request dropped on purpose (robots.txt, a
+        # user's middleware): it reaches the errback as Scrapy sends it.
+        if parsed is None or isinstance(exception, (CaptchaSolveError, IgnoreRequest)):
+            return
+        # Scrapy's RetryMiddleware (550) has already had its turns at this exception.
+        if self._downloads_image(request, parsed):
+            if isinstance(exception, _CANCELLED):
+                raise CaptchaImageError(
+                    f"The captcha from {request.url} is larger than CAPSOLVER_MAX_IMAGE_SIZE "
+                    f"({self.config.max_image_size} bytes); its download was stopped. Raise "
+                    "the setting if the image is really a captcha."
+                ) from exception
+            raise download_error(f"the captcha {request.url}", exception) from exception
+        if parsed.solve is not None:
+            what = f"the page {request.url} whose captcha was to be solved"
+            raise download_error(what, exception) from exception
 
     def _parse(self, request: Request) -> CaptchaMeta:
         parsed = parse_meta(request.meta)

@@ -52,6 +52,12 @@ def check_image_status(image: Response, described: str) -> None:
         raise CaptchaImageError(f"{described} got HTTP {image.status}, not an image.")
 
 
+def download_error(what: str, exc: BaseException) -> CaptchaImageError:
+    """The error for ``what`` (a captcha, or the page holding it) when its download failed;
+    raise it ``from exc``."""
+    return CaptchaImageError(f"Could not download {what}: {type(exc).__name__}: {exc}")
+
+
 def http_url(url: str) -> str | None:
     """``url`` when CapSolver can take it as ``websiteURL`` (not about:blank, data:, ...)."""
     return url if url.startswith(("http://", "https://")) else None
@@ -138,9 +144,6 @@ async def page_image(
     try:
         image = await download(crawler, image_request(request, response, source, max_size))
     except Exception as exc:
-        raise CaptchaImageError(
-            f"Could not download the captcha {source} of {response.url}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+        raise download_error(f"the captcha {source} of {response.url}", exc) from exc
     check_image_status(image, f"The captcha {source} of {response.url}")
     return image.body, image.url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,14 @@ SERVERS = Path(__file__).parent / "servers"
 # environment: tests talk to 127.0.0.1 only, so they use the copy tldextract ships.
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 API_KEY = "CAP-0123456789abcdef0123456789SECRET"
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: connections to it are refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there once the probe is closed
 
 
 class CapSolverMock:

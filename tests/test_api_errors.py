@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
 import pytest
 import pytest_twisted
 import scrapy
-from conftest import CapSolverMock
+from conftest import CapSolverMock, closed_port_url
 from crawling import RecordingSpider, crawl, solver_settings, stat
 
 from scrapy_capsolver_ocr import (
@@ -155,12 +154,9 @@ async def test_call_slower_than_timeout_is_cancelled_and_retried(
 
 @pytest_twisted.ensureDeferred
 async def test_connection_refused_is_retried_then_fails(image_site: str) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
     settings = solver_settings(
         None,
-        CAPSOLVER_API_URL=f"http://127.0.0.1:{closed_port}",
+        CAPSOLVER_API_URL=closed_port_url(),
         CAPSOLVER_MAX_RETRIES=2,
         CAPSOLVER_CHECK_BALANCE=False,
     )

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from conftest import CapSolverMock
+from conftest import CapSolverMock, closed_port_url
 from crawling import RecordingSpider, crawl, solver_settings, stat
+from scrapy import Request
+from scrapy.exceptions import IgnoreRequest
 
 from scrapy_capsolver_ocr import CaptchaImageError, CaptchaOptionsError
 from scrapy_capsolver_ocr.images import check_image, image_type
@@ -41,6 +43,57 @@ async def test_bad_image_response_fails_without_api_call(
     assert capsolver.calls() == []
     assert stat(crawler, "capsolver/task_count") == 0
     assert stat(crawler, "finish_reason") == "finished"
+
+
+@pytest.mark.parametrize(
+    ("solve_image", "message"),
+    [
+        (True, "Could not download the captcha http://"),
+        ({"selector": "img"}, "Could not download the page http://"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_download_that_fails_after_scrapys_retries_is_a_captcha_image_error(
+    capsolver: CapSolverMock, solve_image: Any, message: str
+) -> None:
+    url = f"{closed_port_url()}/captcha/refused.png"
+    settings = solver_settings(capsolver, RETRY_ENABLED=True, RETRY_TIMES=2)
+    crawler = await crawl(RecordingSpider, settings, urls=[url], meta={"solve_image": solve_image})
+    spider: Any = crawler.spider
+
+    assert spider.ended == {url: 1}
+    error = spider.errors[url]
+    assert isinstance(error, CaptchaImageError)
+    assert message in str(error)
+    # Twisted's ConnectionRefusedError, or Scrapy's DownloadConnectionRefusedError (2.14+).
+    assert type(error.__cause__).__name__.endswith("ConnectionRefusedError")
+    assert "ConnectionRefusedError: " in str(error)
+    assert stat(crawler, "retry/count") == 2  # Scrapy retried it before it failed
+    assert capsolver.calls() == []
+
+
+class DropsEveryRequest:
+    """A project's middleware that drops requests on purpose, as robots.txt rules do."""
+
+    def process_request(self, request: Request, spider: Any = None) -> None:
+        raise IgnoreRequest(f"dropped {request.url}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_dropped_on_purpose_reaches_its_errback_as_scrapy_sent_it(
+    capsolver: CapSolverMock, image_site: str
+) -> None:
+    url = f"{image_site}/captcha/dropped.png"
+    settings = solver_settings(
+        capsolver, DOWNLOADER_MIDDLEWARES={f"{__name__}.DropsEveryRequest": 600}
+    )
+    crawler = await crawl(RecordingSpider, settings, urls=[url])
+    spider: Any = crawler.spider
+
+    assert spider.ended == {url: 1}
+    assert type(spider.errors[url]) is IgnoreRequest
+    assert capsolver.calls() == []
+    assert stat(crawler, "downloader/request_count") == 0
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import BinaryIO
 
 import captcha
 import pytest
-from conftest import API_KEY, CapSolverMock
+from conftest import API_KEY, CapSolverMock, closed_port_url
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from servers.process import running_server
@@ -76,13 +75,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], command: str
     assert lines[0].startswith(f"scrapy-capsolver-ocr {command}: ")
     assert API_KEY not in result.stderr
     return lines[0]
-
-
-def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"  # nothing listens there once the probe is closed
 
 
 @pytest.fixture

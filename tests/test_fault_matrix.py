@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import gc
 import logging
-import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from conftest import CapSolverMock
+from conftest import CapSolverMock, closed_port_url
 from crawling import RecordingSpider, crawl, solver_settings, stat
 from scrapy.crawler import Crawler
 from scrapy.http import Response
@@ -549,12 +548,6 @@ def image_urls(image_site: str) -> list[str]:
         f"{image_site}/captcha/{'fx' if i % SHARE == 0 else 'ok'}{i:03d}.png"
         for i in range(REQUESTS)
     ]
-
-
-def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
 @dataclass
