@@ -111,6 +111,9 @@ class CaptchaBudgetError(CaptchaSolveError):
 class CaptchaCrawlClosingError(CaptchaSolveError):
     """The crawl is closing; the solve was not started."""
 
+    def __init__(self, message: str = "The crawl is closing; the captcha was not solved.") -> None:
+        super().__init__(message)
+
 
 class CaptchaRejectedError(CaptchaSolveError):
     """The site rejected the solved answers ``CAPSOLVER_MAX_ATTEMPTS`` times in a row."""

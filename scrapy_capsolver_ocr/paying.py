@@ -143,7 +143,7 @@ class CapSolverReader:
             await self._quietly(self.state.abandon(key, exc), "give up a claim")
             raise
         except BaseException:
-            closing = CaptchaCrawlClosingError("The crawl is closing; the captcha was not solved.")
+            closing = CaptchaCrawlClosingError()
             await self._quietly(self.state.abandon(key, closing), "give up a claim")
             raise
         await self._quietly(self.state.publish(key, solution), "share an answer")
@@ -370,7 +370,7 @@ class CapSolverReader:
         if self._fatal is not None:
             raise copy.copy(self._fatal)
         if self._closing:
-            raise CaptchaCrawlClosingError("The crawl is closing; the captcha was not solved.")
+            raise CaptchaCrawlClosingError()
 
     async def _wait_until_allowed(self) -> None:
         while True:

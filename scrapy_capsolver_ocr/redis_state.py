@@ -171,7 +171,7 @@ class RedisState:
 
     async def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         if self._closed:
-            raise CaptchaCrawlClosingError("The crawl is closing; the captcha was not solved.")
+            raise CaptchaCrawlClosingError()
         try:
             return await script.run(self._client, keys, args)
         except (RedisUnavailable, RedisReplyError) as exc:
@@ -194,7 +194,7 @@ class RedisState:
             return
         if self._renewal.running:
             self._renewal.stop()
-        closing = CaptchaCrawlClosingError("The crawl is closing; the captcha was not solved.")
+        closing = CaptchaCrawlClosingError()
         for key in list(self._waiters):
             for waiter in self._waiters.pop(key):
                 _fire(waiter, closing)
