@@ -38,28 +38,12 @@ from .reactor import installed_reactor
 from .reading import CaptchaImage
 from .settings import SolverSettings
 from .solution import CaptchaSolution
-from .state import CallTicket, Pause, SolvingState, Stop, take
+from .state import CallTicket, Pause, SolvingState, Stop
+from .waiting import Waiters, take
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class _Gate:
-    """Callers waiting for one event (the balance read at start)."""
-
-    def __init__(self) -> None:
-        self._deferreds: list[Deferred[None]] = []
-
-    async def wait(self) -> None:
-        deferred: Deferred[None] = Deferred()
-        self._deferreds.append(deferred)
-        await maybe_deferred_to_future(deferred)
-
-    def open(self) -> None:
-        deferreds, self._deferreds = self._deferreds, []
-        for deferred in deferreds:
-            deferred.callback(None)
 
 
 def stop_error(reason: str, max_tasks: int) -> CaptchaAccountError | CaptchaBudgetError:
@@ -107,7 +91,7 @@ class CapSolverReader:
         )
         self._slots = DeferredSemaphore(config.concurrency)
         self._sleeping: set[Deferred[None]] = set()
-        self._balance_gate: _Gate | None = None
+        self._balance_gate: Waiters[None] | None = None
         self._fatal: CaptchaSolveError | None = None
         self._closing = False
         self.tasks_sent = 0
@@ -315,7 +299,7 @@ class CapSolverReader:
     def hold_until_balance_checked(self) -> None:
         """Make solves wait for :meth:`record_balance` at crawl start, so no task is paid
         for with a key that turns out to be bad."""
-        self._balance_gate = _Gate()
+        self._balance_gate = Waiters()
 
     async def record_balance(self, *, at_start: bool) -> float | None:
         """Read the balance into ``capsolver/balance_start`` or ``capsolver/balance_end``.
@@ -398,7 +382,7 @@ class CapSolverReader:
     def _open_balance_gate(self) -> None:
         gate, self._balance_gate = self._balance_gate, None
         if gate is not None:
-            gate.open()
+            gate.succeed(None)
 
     def _on_blocked(self, exc: CaptchaBlockedError, verdict: Pause | Stop | None) -> None:
         if verdict is None:

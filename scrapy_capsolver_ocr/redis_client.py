@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from .reactor import installed_reactor
 from .settings import redact_url
+from .waiting import Waiters
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ class RedisClient:
         self._connect_timeout = connect_timeout
         self._reply_timeout = reply_timeout
         self._protocol: RedisProtocol | None = None
-        self._connecting: list[Deferred[RedisProtocol]] | None = None
+        self._connecting: Waiters[RedisProtocol] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -252,21 +253,17 @@ class RedisClient:
         if self._protocol is not None and self._protocol.connected_:
             return self._protocol
         if self._connecting is not None:  # another caller is connecting: share its result
-            waiting: Deferred[RedisProtocol] = Deferred()
-            self._connecting.append(waiting)
-            return await maybe_deferred_to_future(waiting)
-        self._connecting = []
+            return await self._connecting.wait()
+        self._connecting = connecting = Waiters[RedisProtocol]()
         try:
             protocol = await self._connect()
         except BaseException as exc:
-            waiters, self._connecting = self._connecting, None
-            for waiter in waiters:
-                waiter.errback(exc)
+            self._connecting = None
+            connecting.fail(exc)
             raise
-        waiters, self._connecting = self._connecting, None
+        self._connecting = None
         self._protocol = protocol
-        for waiter in waiters:
-            waiter.callback(protocol)
+        connecting.succeed(protocol)
         return protocol
 
     async def _connect(self) -> RedisProtocol:

@@ -11,19 +11,17 @@ machines whose clocks differ.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from scrapy.utils.defer import maybe_deferred_to_future
-from twisted.internet.defer import Deferred, DeferredSemaphore
-from twisted.internet.task import deferLater
+from twisted.internet.defer import DeferredSemaphore
 
 from .errors import CLOSE_BLOCKED, CLOSE_MAX_TASKS, CaptchaSolveError
 from .reactor import installed_reactor
 from .solution import CaptchaSolution
+from .waiting import Waiters, take
 
 
 @dataclass(frozen=True)
@@ -150,40 +148,6 @@ class SolvingState(Protocol):
         """Figures for status lines and stats."""
 
 
-async def take(semaphore: DeferredSemaphore, reactor: Any) -> None:
-    """Acquire ``semaphore``. A caller that had to wait resumes in a reactor turn of its
-    own: under the epoll reactor a Deferred fires its callbacks at once, so when solving
-    stops, each waiter would fail, release, and wake the next one inside its own stack, until
-    a long queue overflows it."""
-    acquiring: Deferred[Any] = semaphore.acquire()
-    if not acquiring.called:
-        acquiring.addCallback(lambda token: deferLater(reactor, 0, lambda: token))
-    await maybe_deferred_to_future(acquiring)
-
-
-class _Outcome:
-    """Callers waiting for what one claimant of a key will publish."""
-
-    def __init__(self) -> None:
-        self._deferreds: list[Deferred[CaptchaSolution | None]] = []
-
-    async def wait(self) -> CaptchaSolution | None:
-        deferred: Deferred[CaptchaSolution | None] = Deferred()
-        self._deferreds.append(deferred)
-        return await maybe_deferred_to_future(deferred)
-
-    def succeed(self, value: CaptchaSolution | None) -> None:
-        deferreds, self._deferreds = self._deferreds, []
-        for deferred in deferreds:
-            deferred.callback(value)
-
-    def fail(self, error: BaseException) -> None:
-        deferreds, self._deferreds = self._deferreds, []
-        for deferred in deferreds:
-            # Each waiter raises its own copy: a traceback added by one is not another's.
-            deferred.errback(copy.copy(error))
-
-
 class MemoryState:
     """The state of one process: what a crawl without ``CAPSOLVER_REDIS_URL`` shares."""
 
@@ -191,7 +155,7 @@ class MemoryState:
         self.limits = limits
         self._reactor = installed_reactor(reactor)
         self._answers: OrderedDict[str, tuple[CaptchaSolution, float]] = OrderedDict()
-        self._claims: dict[str, _Outcome] = {}
+        self._claims: dict[str, Waiters[CaptchaSolution | None]] = {}
         self._tasks_used = 0
         self._period = self._current_period()
         self._calls_in_flight = 0
@@ -230,7 +194,7 @@ class MemoryState:
     async def claim(self, key: str) -> bool:
         if key in self._claims or await self.cached(key) is not None:
             return False
-        self._claims[key] = _Outcome()
+        self._claims[key] = Waiters[CaptchaSolution | None]()
         return True
 
     async def wait(self, key: str) -> CaptchaSolution | None:
