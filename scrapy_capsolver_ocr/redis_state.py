@@ -76,10 +76,13 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _solution_json(solution: CaptchaSolution) -> str:
-    return json.dumps(
-        {"text": solution.text, "task_id": solution.task_id, "confidence": solution.confidence}
-    )
+def _ms_or_off(seconds: float) -> int:
+    """``seconds`` in milliseconds for a script, 0 (off) for a setting that is 0."""
+    return _ms(seconds) if seconds > 0 else 0
+
+
+def _solution_data(solution: CaptchaSolution) -> dict[str, Any]:
+    return {"text": solution.text, "task_id": solution.task_id, "confidence": solution.confidence}
 
 
 def _solution(data: dict[str, Any], sha256: str) -> CaptchaSolution:
@@ -272,8 +275,8 @@ class RedisState:
         raise _error(data["error"])
 
     async def publish(self, key: str, solution: CaptchaSolution) -> None:
-        answer = _solution_json(solution)
-        await self._finish(key, answer, json.dumps({"answer": json.loads(answer)}))
+        answer = _solution_data(solution)
+        await self._finish(key, json.dumps(answer), json.dumps({"answer": answer}))
 
     async def abandon(self, key: str, error: CaptchaSolveError) -> None:
         if isinstance(error, CaptchaCrawlClosingError):
@@ -301,7 +304,7 @@ class RedisState:
                 outcome,
                 OUTCOME_TTL_MS,
                 self.limits.cache_size,
-                _ms(self.limits.cache_ttl) if self.limits.cache_ttl > 0 else 0,
+                _ms_or_off(self.limits.cache_ttl),
                 keys.solved_channel,
                 key,
                 keys.answers(""),
@@ -348,7 +351,7 @@ class RedisState:
                 [keys.stop, keys.blocks, keys.budget, keys.calls],
                 [
                     limits.max_tasks,
-                    _ms(limits.budget_period) if limits.budget_period > 0 else 0,
+                    _ms_or_off(limits.budget_period),
                     limits.fleet_concurrency,
                     _ms(limits.lease),
                     call_id,
@@ -421,7 +424,7 @@ class RedisState:
         raw = await self._run(
             FIGURES,
             [keys.budget, keys.calls, keys.blocks, keys.stop, keys.answer_index],
-            [_ms(self.limits.budget_period) if self.limits.budget_period > 0 else 0],
+            [_ms_or_off(self.limits.budget_period)],
         )
         return figures_from(raw, self.limits.max_tasks, {"fleet": self.fleet})
 
