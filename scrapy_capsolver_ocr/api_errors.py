@@ -8,7 +8,9 @@ whole account is affected. docs/faults.md lists it, and a test keeps the two in 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import (
     CLOSE_BAD_KEY,
@@ -131,3 +133,20 @@ def error_for_code(code: str, description: str = "", status: int = 200) -> Captc
     if issubclass(rule.exception, CaptchaAccountError):
         return rule.exception(message, code, description, close_reason=rule.close_reason)
     return rule.exception(message, code, description, retry_limit=rule.retry_limit)
+
+
+def malformed_answer(method: str, what: str) -> CaptchaApiError:
+    """The error for an answer of ``method`` that lacks what it must carry."""
+    return error_for_code("MALFORMED_ANSWER", f"{method} answered {what}")
+
+
+def answer_number(value: Any) -> float | None:
+    """A number field of an answer as a finite float; None for anything else (text, a
+    bool, NaN, infinity, an int too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int with hundreds of digits
+        return None
+    return number if math.isfinite(number) else None

@@ -9,13 +9,12 @@ again: both official SDKs do the same, and a second createTask may be billed aga
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .api_errors import error_for_code
+from .api_errors import answer_number, error_for_code, malformed_answer
 from .client import CapSolverApi
-from .errors import CaptchaApiError, CaptchaTransientError
+from .errors import CaptchaTransientError
 from .solution import CaptchaSolution
 
 TASK_TYPE = "ImageToTextTask"
@@ -52,10 +51,6 @@ def task_payload(
     return payload
 
 
-def _malformed(method: str, what: str) -> CaptchaApiError:
-    return error_for_code("MALFORMED_ANSWER", f"{method} answered {what}")
-
-
 class TaskRunner:
     """Runs one image task to its answer: createTask, then getTaskResult while it is
     pending, every ``poll_interval`` seconds (doubling up to ``poll_max``) for at most
@@ -87,7 +82,7 @@ class TaskRunner:
             return answer
         task_id = _task_id(answer)
         if not task_id:
-            raise _malformed("createTask", f"status {status!r} without a taskId")
+            raise malformed_answer("createTask", f"status {status!r} without a taskId")
         return await self._poll(task_id)
 
     async def _poll(self, task_id: str) -> dict[str, Any]:
@@ -119,7 +114,7 @@ def solution_from(answer: dict[str, Any], image_sha256: str) -> CaptchaSolution:
     for an answer without a usable text."""
     solution = answer.get("solution")
     if not isinstance(solution, dict) or not isinstance(solution.get("text"), str):
-        raise _malformed("the task", "without solution.text")
+        raise malformed_answer("the task", "without solution.text")
     text = solution["text"].strip()
     if not text:
         raise error_for_code("EMPTY_SOLUTION")
@@ -131,7 +126,7 @@ def solution_from(answer: dict[str, Any], image_sha256: str) -> CaptchaSolution:
         text=text,
         task_id=_task_id(answer),
         image_sha256=image_sha256,
-        confidence=_confidence(solution.get("confidence")),
+        confidence=answer_number(solution.get("confidence")),
     )
 
 
@@ -142,14 +137,3 @@ def _task_id(answer: dict[str, Any]) -> str:
         return ""
     text = str(value)
     return text if len(text) <= MAX_TASK_ID_LENGTH else ""
-
-
-def _confidence(value: Any) -> float | None:
-    """A confidence the answer gave, when it is a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an int with hundreds of digits
-        return None
-    return number if math.isfinite(number) else None

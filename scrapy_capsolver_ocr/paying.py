@@ -20,6 +20,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.task import deferLater
 
+from .api_errors import answer_number, malformed_answer
 from .client import CapSolverApi, missing_key_error
 from .errors import (
     CLOSE_MAX_TASKS,
@@ -31,7 +32,6 @@ from .errors import (
     CaptchaCrawlClosingError,
     CaptchaFleetError,
     CaptchaSolveError,
-    CaptchaTransientError,
 )
 from .image_task import TaskRunner, solution_from, task_payload
 from .reactor import installed_reactor
@@ -284,17 +284,10 @@ class CapSolverReader:
     async def balance(self) -> float:
         """The account balance in USD, from ``getBalance``."""
         answer = await self.api.call("getBalance", {})
-        value = answer.get("balance")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CaptchaTransientError(
-                "CapSolver getBalance answered without a numeric balance.", "MALFORMED_ANSWER"
-            )
-        try:
-            return float(value)
-        except OverflowError:
-            raise CaptchaTransientError(
-                "CapSolver getBalance answered a balance too large to be one.", "MALFORMED_ANSWER"
-            ) from None
+        balance = answer_number(answer.get("balance"))
+        if balance is None:
+            raise malformed_answer("getBalance", "without a finite numeric balance")
+        return balance
 
     def hold_until_balance_checked(self) -> None:
         """Make solves wait for :meth:`record_balance` at crawl start, so no task is paid

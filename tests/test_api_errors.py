@@ -357,6 +357,21 @@ async def test_failed_balance_call_never_stops_the_crawl(
     assert stat(crawler, "capsolver/balance_start", None) is None
 
 
+@pytest.mark.parametrize("balance", [float("nan"), float("inf"), "12.5", True, 10**400])
+@pytest_twisted.ensureDeferred
+async def test_a_balance_that_is_no_finite_number_is_not_recorded(
+    capsolver: CapSolverMock, image_site: str, balance: Any, caplog: Any
+) -> None:
+    capsolver.configure(balance=balance, price=0)
+    url = f"{image_site}/captcha/oddbal.png"
+    crawler = await crawl(RecordingSpider, solver_settings(capsolver), urls=[url])
+    assert crawler.spider.texts == {url: "oddbal"}  # type: ignore[union-attr]
+    assert stat(crawler, "finish_reason") == "finished"
+    assert stat(crawler, "capsolver/balance_start", None) is None
+    assert stat(crawler, "capsolver/spent", None) is None
+    assert "getBalance answered without a finite numeric balance" in caplog.text
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_long_queue_of_solves_fails_at_once_when_solving_stops(
     capsolver: CapSolverMock, image_site: str

@@ -28,7 +28,7 @@ from scrapy_capsolver_ocr import (
     CaptchaTransientError,
 )
 from scrapy_capsolver_ocr.addon import Addon
-from scrapy_capsolver_ocr.api_errors import ERROR_TABLE, error_for_code, rule_for
+from scrapy_capsolver_ocr.api_errors import ERROR_TABLE, answer_number, error_for_code, rule_for
 from scrapy_capsolver_ocr.image_task import MAX_SOLUTION_LENGTH, solution_from, task_payload
 from scrapy_capsolver_ocr.images import check_image, declared_size, image_type
 from scrapy_capsolver_ocr.injection import BoundAnswer, with_answer
@@ -104,6 +104,13 @@ def test_answers_are_read_with_their_limits() -> None:
             solution_from(broken, "sha")
         assert caught.value.error_code == code  # type: ignore[union-attr]
     assert solution_from({**answer(text="x"), "taskId": "t" * 500}, "sha").task_id == ""
+
+
+def test_number_fields_of_answers_are_finite_floats_or_nothing() -> None:
+    assert answer_number(2) == 2.0
+    assert answer_number(0.25) == 0.25
+    for broken in (True, "1", None, [1], float("nan"), float("inf"), -float("inf"), 10**400):
+        assert answer_number(broken) is None
 
 
 def test_task_payload_leaves_optional_fields_out() -> None:

@@ -372,7 +372,8 @@ class Api(resource.Resource):
             return error("ERROR_INVALID_TASK_DATA", "missing body data")
         task_id = str(uuid.uuid4())
         self.state.task_ids.add(task_id)
-        self.state.balance = round(self.state.balance - self.state.price, 6)
+        if self.state.price:  # price 0: a balance configured as no number stays as it is
+            self.state.balance = round(self.state.balance - self.state.price, 6)
         kind = rule["fault"] if rule else None
         if kind == "no_error_id":
             return 200, {"status": "ready", "solution": {"text": answer_for(image)}}
