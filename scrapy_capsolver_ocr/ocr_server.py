@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.threadpool import ThreadPool
 
+from .image_task import TASK_TYPE
 from .local_ocr import InvalidImageError, OcrUnavailableError, require_ddddocr
 from .ocr_server_api import (
     LOCAL_BALANCE,
-    TASK_TYPE,
     ApiError,
     LocalCapSolver,
     OcrEngine,

@@ -24,19 +24,18 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from .image_task import TASK_TYPE
 from .images import declared_size, image_type
 from .local_ocr import InvalidImageError
+from .settings import SCORE_RANGE
 
 if TYPE_CHECKING:
     from .local_ocr.gate import Reading
 
 logger = logging.getLogger(__name__)
 
-TASK_TYPE = "ImageToTextTask"
 #: What ``getBalance`` answers: the local server is free, so any large number would do.
 LOCAL_BALANCE = 1_000_000.0
-#: The range CapSolver documents for ``task.score``.
-SCORE_RANGE = (0.8, 1.0)
 # Enough for getTaskResult and feedback on any recent task while keeping memory flat on a
 # long run: an answer is a few hundred bytes.
 REMEMBERED_TASKS = 10_000
