@@ -38,6 +38,7 @@ from .ocr_server_api import (
 )
 from .ocr_server_http import ServerLimits, api_site
 from .reactor import installed_reactor
+from .settings import DEFAULT_MAX_IMAGE_PIXELS
 
 if TYPE_CHECKING:
     from .local_ocr.gate import Reading
@@ -64,7 +65,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 0
 DEFAULT_WORKERS = 2
 #: The plugin's own default of CAPSOLVER_MAX_IMAGE_PIXELS: what a crawl would send at most.
-DEFAULT_MAX_PIXELS = 1_000_000
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 # Room for bursts of new connections while the reactor is busy.
 _LISTEN_BACKLOG = 511
 

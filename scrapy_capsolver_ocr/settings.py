@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 PREFIX = "CAPSOLVER_"
 DEFAULT_API_URL = "https://api.capsolver.com"
 SCORE_RANGE = (0.8, 1.0)
+#: ``CAPSOLVER_MAX_IMAGE_PIXELS``: a captcha has far fewer; an image bomb declares far more.
+DEFAULT_MAX_IMAGE_PIXELS = 1_000_000
 #: The local answer's confidence from which it is used instead of paying: calibrated on the
 #: demo site's captchas for at least 95 % right (docs/local-first.md).
 DEFAULT_LOCAL_MIN_CONFIDENCE = 0.7
@@ -400,7 +402,9 @@ class SolverSettings:
             max_attempts=read.integer("CAPSOLVER_MAX_ATTEMPTS", 3, minimum=1),
             element_timeout=read.seconds("CAPSOLVER_ELEMENT_TIMEOUT", 10.0),
             poll_interval=read.seconds("CAPSOLVER_POLL_INTERVAL", 1.0),
-            max_image_pixels=read.integer("CAPSOLVER_MAX_IMAGE_PIXELS", 1_000_000, minimum=1),
+            max_image_pixels=read.integer(
+                "CAPSOLVER_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1
+            ),
             cache_ttl=read.seconds("CAPSOLVER_CACHE_TTL", 0.0, allow_zero=True),
             budget_period=read.seconds("CAPSOLVER_BUDGET_PERIOD", 0.0, allow_zero=True),
             fleet_concurrency=read.integer("CAPSOLVER_FLEET_CONCURRENCY", 0, minimum=0),
