@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .redis_client import RedisAddress, RedisClient, RedisReplyError, RedisUnavailable
-from .redis_scripts import FIGURES, PREFIX, RESET_BUDGET, FleetKeys
+from .redis_scripts import FIGURES, PREFIX, RESET_BUDGET, FleetKeys, figures_keys
 from .redis_state import figures_from
 from .settings import check_redis_url
 from .state import StateFigures
@@ -52,9 +52,7 @@ async def fleet_figures(client: RedisClient, fleet: str) -> StateFigures:
 
 
 async def read_figures(client: RedisClient, keys: FleetKeys) -> StateFigures:
-    raw = await FIGURES.run(
-        client, [keys.budget, keys.calls, keys.blocks, keys.stop, keys.answer_index], [-1]
-    )
+    raw = await FIGURES.run(client, figures_keys(keys), [-1])  # -1: the period last used
     return figures_from(raw, 0, {"fleet": keys.fleet, "account": keys.account})
 
 

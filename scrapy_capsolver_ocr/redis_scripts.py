@@ -324,6 +324,12 @@ return {used, tonumber(redis.call('HGET', KEYS[1], 'limit') or '0'), resets,
 """,
 )
 
+
+def figures_keys(keys: FleetKeys) -> list[str]:
+    """The KEYS of :data:`FIGURES` for one fleet."""
+    return [keys.budget, keys.calls, keys.blocks, keys.stop, keys.answer_index]
+
+
 # KEYS: budget.
 RESET_BUDGET = Script(
     "reset_budget",

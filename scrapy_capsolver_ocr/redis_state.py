@@ -48,6 +48,7 @@ from .redis_scripts import (
     RENEW,
     FleetKeys,
     Script,
+    figures_keys,
     split_key,
 )
 from .settings import ApiKey
@@ -420,11 +421,8 @@ class RedisState:
             logger.warning("Could not renew this process's leases in Redis: %s", exc)
 
     async def figures(self) -> StateFigures:
-        keys = self.keys
         raw = await self._run(
-            FIGURES,
-            [keys.budget, keys.calls, keys.blocks, keys.stop, keys.answer_index],
-            [_ms_or_off(self.limits.budget_period)],
+            FIGURES, figures_keys(self.keys), [_ms_or_off(self.limits.budget_period)]
         )
         return figures_from(raw, self.limits.max_tasks, {"fleet": self.fleet})
 
