@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,18 @@ SERVERS = Path(__file__).parent / "servers"
 # environment: tests talk to 127.0.0.1 only, so they use the copy tldextract ships.
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 API_KEY = "CAP-0123456789abcdef0123456789SECRET"
+
+
+def run_command(*args: str, timeout: float = 300, **options: Any) -> subprocess.CompletedProcess:
+    """``python -m scrapy_capsolver_ocr ARGS`` with its output captured; ``options`` go to
+    :func:`subprocess.run` (``env``, ``input``, ``text``...)."""
+    return subprocess.run(
+        [sys.executable, "-m", "scrapy_capsolver_ocr", *args],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        **options,
+    )
 
 
 def closed_port_url() -> str:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_command
 from labelled_captchas import draw_labelled
 
 from scrapy_capsolver_ocr.local_ocr.calibration import (
@@ -22,13 +23,7 @@ from scrapy_capsolver_ocr.local_ocr.gate import Reading
 
 
 def run_calibrate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scrapy_capsolver_ocr", "calibrate", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_command("calibrate", *args, text=True)
 
 
 def test_calibrate_prints_a_table_and_the_lowest_threshold(tmp_path: Path) -> None:

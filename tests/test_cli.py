@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import captcha
 import pytest
-from conftest import API_KEY, CapSolverMock, closed_port_url
+from conftest import API_KEY, CapSolverMock, closed_port_url, run_command
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from servers.process import running_server
@@ -53,14 +52,8 @@ def run_cli(
     if api_url:
         env[cli.API_URL_ENV] = api_url
     piped = isinstance(stdin, bytes)
-    result = subprocess.run(
-        [sys.executable, "-m", "scrapy_capsolver_ocr", *args],
-        input=stdin if piped else None,
-        stdin=None if piped else stdin,
-        capture_output=True,
-        env=env,
-        timeout=120,
-        check=False,
+    result = run_command(
+        *args, timeout=120, env=env, input=stdin if piped else None, stdin=None if piped else stdin
     )
     return subprocess.CompletedProcess(
         result.args, result.returncode, result.stdout.decode(), result.stderr.decode()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import redis
-from conftest import CapSolverMock
+from conftest import CapSolverMock, run_command
 from crawling import RecordingSpider, crawl, solver_settings, stat
 
 from scrapy_capsolver_ocr.errors import CLOSE_BLOCKED
@@ -27,13 +27,7 @@ def fleet_settings(capsolver: CapSolverMock, redis_url: str, **overrides: Any) -
 
 
 def fleet_command(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scrapy_capsolver_ocr", "fleet", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_command("fleet", *args, timeout=60, text=True)
 
 
 @pytest_twisted.ensureDeferred
