@@ -61,6 +61,28 @@ def on_reactor(test: Callable[..., Awaitable[None]]) -> Any:
     return pytest_twisted.ensureDeferred(run)
 
 
+@asynccontextmanager
+async def redis_states(
+    redis_url: str, limits: StateLimits, *, opened: int, unopened: int = 0, **options: Any
+) -> AsyncIterator[list[Any]]:
+    """States of one new fleet (and account) in Redis: first ``unopened`` ones, which renew
+    nothing, as a process killed after it took a claim or a permit; then ``opened`` ones
+    (``options`` go to them). Every one is closed at the end."""
+    from scrapy_capsolver_ocr.redis_state import RedisState
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    key = ApiKey(API_KEY + name)
+    states = [RedisState(redis_url, name, key, limits) for _ in range(unopened)]
+    states += [RedisState(redis_url, name, key, limits, **options) for _ in range(opened)]
+    try:
+        for state in states[unopened:]:
+            await state.open()
+        yield states
+    finally:
+        for state in states:
+            await state.close()
+
+
 @pytest.fixture(params=["memory", "redis"])
 def fleet(request: pytest.FixtureRequest) -> Fleet:
     """``async with fleet(**limits) as (a, b):`` two opened states of one new fleet."""
@@ -70,22 +92,16 @@ def fleet(request: pytest.FixtureRequest) -> Fleet:
     @asynccontextmanager
     async def make(count: int = 2, **limits: Any) -> AsyncIterator[list[Any]]:
         settings = StateLimits(**limits)
-        if kind == "memory":
-            states: list[Any] = [MemoryState(settings)] * count
-        else:
-            from scrapy_capsolver_ocr.redis_state import RedisState
-
-            name = f"test-{uuid.uuid4().hex[:8]}"
-            states = [
-                RedisState(redis_url, name, ApiKey(API_KEY + name), settings) for _ in range(count)
-            ]
-        for state in set(states):
-            await state.open()
+        if kind == "redis":
+            async with redis_states(redis_url, settings, opened=count) as states:
+                yield states
+            return
+        state = MemoryState(settings)
+        await state.open()
         try:
-            yield states
+            yield [state] * count
         finally:
-            for state in set(states):
-                await state.close()
+            await state.close()
 
     make.kind = kind  # type: ignore[attr-defined]
     return make
@@ -313,15 +329,9 @@ async def test_blocks_further_apart_than_the_window_only_pause(fleet: Fleet) -> 
 
 @on_reactor
 async def test_a_waiter_takes_over_when_the_claimant_stops_renewing(redis_url: str) -> None:
-    from scrapy_capsolver_ocr.redis_state import RedisState
-
-    name = f"test-{uuid.uuid4().hex[:8]}"
     limits = StateLimits(lease=0.5)
-    # Never opened: it renews nothing, as a process killed after claiming.
-    dead = RedisState(redis_url, name, ApiKey(API_KEY), limits)
-    alive = RedisState(redis_url, name, ApiKey(API_KEY), limits, recheck=0.2)
-    await alive.open()
-    try:
+    states = redis_states(redis_url, limits, unopened=1, opened=1, recheck=0.2)
+    async with states as (dead, alive):
         key = f"{SHA}:"
         assert await dead.claim(key)
         assert not await alive.claim(key)
@@ -330,23 +340,14 @@ async def test_a_waiter_takes_over_when_the_claimant_stops_renewing(redis_url: s
         await alive.publish(key, answer("mine"))
         # The dead claimant's late answer does not end the new claim's waiters' wait wrongly.
         assert (await alive.cached(key)).text == "mine"
-    finally:
-        await alive.close()
-        await dead.close()
 
 
 @on_reactor
 async def test_a_live_process_keeps_its_claims_and_permits_past_the_lease(
     redis_url: str,
 ) -> None:
-    from scrapy_capsolver_ocr.redis_state import RedisState
-
-    name = f"test-{uuid.uuid4().hex[:8]}"
     limits = StateLimits(fleet_concurrency=1, lease=0.6)
-    a, b = (RedisState(redis_url, name, ApiKey(API_KEY), limits) for _ in range(2))
-    await a.open()
-    await b.open()
-    try:
+    async with redis_states(redis_url, limits, opened=2) as (a, b):
         key = f"{SHA}:"
         assert await a.claim(key)
         ticket = await a.begin_call()
@@ -359,42 +360,24 @@ async def test_a_live_process_keeps_its_claims_and_permits_past_the_lease(
         assert not waiting.called
         await a.end_call(ticket)
         assert isinstance(await maybe_deferred_to_future(waiting), CallTicket)
-    finally:
-        await a.close()
-        await b.close()
 
 
 @on_reactor
 async def test_a_permit_of_a_process_that_stopped_renewing_returns_after_the_lease(
     redis_url: str,
 ) -> None:
-    from scrapy_capsolver_ocr.redis_state import RedisState
-
-    name = f"test-{uuid.uuid4().hex[:8]}"
     limits = StateLimits(fleet_concurrency=1, lease=0.6)
-    dead = RedisState(redis_url, name, ApiKey(API_KEY), limits)
-    alive = RedisState(redis_url, name, ApiKey(API_KEY), limits)
-    await alive.open()
-    try:
+    async with redis_states(redis_url, limits, unopened=1, opened=1) as (dead, alive):
         assert isinstance(await dead.begin_call(), CallTicket)
         waiting = deferred_from_coro(alive.begin_call())
         await sleep(0.3)
         assert not waiting.called
         assert isinstance(await maybe_deferred_to_future(waiting), CallTicket)
-    finally:
-        await alive.close()
-        await dead.close()
 
 
 @on_reactor
 async def test_a_closing_claimant_lets_waiters_elsewhere_take_the_image(redis_url: str) -> None:
-    from scrapy_capsolver_ocr.redis_state import RedisState
-
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    a, b = (RedisState(redis_url, name, ApiKey(API_KEY), StateLimits()) for _ in range(2))
-    await a.open()
-    await b.open()
-    try:
+    async with redis_states(redis_url, StateLimits(), opened=2) as (a, b):
         key = f"{SHA}:"
         assert await a.claim(key)
         waiting = deferred_from_coro(b.wait(key))
@@ -406,9 +389,6 @@ async def test_a_closing_claimant_lets_waiters_elsewhere_take_the_image(redis_ur
             await maybe_deferred_to_future(own_waiter)
         assert await maybe_deferred_to_future(waiting) is None
         assert await b.claim(key)
-    finally:
-        await a.close()
-        await b.close()
 
 
 @on_reactor
