@@ -11,7 +11,8 @@ image site, all on this machine.
    images of (1): the most calls in flight the mock saw, and the wall time against the ideal
    (distinct images / 8 calls at a time x 0.3 s).
 
-Writes ``OUT.md`` and ``OUT.json``. Needs ``redis-server`` (or ``REDIS_SERVER``).
+Writes ``OUT.md`` and ``OUT.json``; ``--report-from OUT.json`` writes the page again from
+them without measuring. Needs ``redis-server`` (or ``REDIS_SERVER``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import shlex
 import statistics
@@ -117,18 +119,18 @@ def run(
     }
 
 
-def rewrite(path: Path) -> None:
-    """Write ``path``.md again from its .json (after a change to the page's wording)."""
-    report = json.loads(path.with_suffix(".json").read_text())
-    path.with_suffix(".md").write_text(markdown(report))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--solves", type=int, default=300, help="per process (default 300)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per mode for the overhead")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "fleet-benchmarks")
+    parser.add_argument(
+        "--report-from", type=Path, help="measure nothing: write the page from this JSON"
+    )
     args = parser.parse_args()
+    if args.report_from:
+        args.out.with_suffix(".md").write_text(markdown(json.loads(args.report_from.read_text())))
+        return
     binary = redis_binary()
     if binary is None:
         sys.exit("bench_fleet: no redis-server (install it, or set REDIS_SERVER)")
@@ -167,6 +169,7 @@ def main() -> None:
         "command": " ".join(["python benchmarks/bench_fleet.py", *map(shlex.quote, sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
+        "cores": len(os.sched_getaffinity(0)),
         "processes": PROCESSES,
         "solves_per_process": args.solves,
         "shared_images": shared,
@@ -219,7 +222,7 @@ def markdown(report: dict[str, Any]) -> str:
     table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
     return f"""# Fleet mode benchmark
 
-`{report["command"]}` on {report["date"]} ({report["machine"]}, 2 cores):
+`{report["command"]}` on {report["date"]} ({report["machine"]}, {report["cores"]} cores):
 {report["processes"]} crawl processes (`scrapy` crawls of `tests/fleet_crawl.py`),
 {report["solves_per_process"]} solves each, one `redis-server`, the CapSolver mock and the
 image site, all on this machine.
