@@ -48,13 +48,13 @@ from captchas import CaptchaMaker  # noqa: E402
 from local_first_report import write_report  # noqa: E402
 from servers.process import start_server, stop_server  # noqa: E402
 
-from scrapy_capsolver_ocr.local_ocr.calibration import (  # noqa: E402
+from scrapy_capsolver_ocr.engines.local.calibration import (  # noqa: E402
     expected_format,
     lowest_threshold,
     read_samples,
     row,
 )
-from scrapy_capsolver_ocr.local_ocr.engine import OcrEngine  # noqa: E402
+from scrapy_capsolver_ocr.engines.local.engine import OcrEngine  # noqa: E402
 from scrapy_capsolver_ocr.settings import DEFAULT_LOCAL_MIN_CONFIDENCE  # noqa: E402
 
 LOGINS = HERE / "local_first_scenarios.py"

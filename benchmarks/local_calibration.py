@@ -21,14 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "example_project" / "demo_site"))
 from captchas import CaptchaMaker
 
-from scrapy_capsolver_ocr.local_ocr.calibration import (
+from scrapy_capsolver_ocr.engines.local.calibration import (
     expected_format,
     labelled_images,
     read_samples,
     report,
     row,
 )
-from scrapy_capsolver_ocr.local_ocr.engine import OcrEngine
+from scrapy_capsolver_ocr.engines.local.engine import OcrEngine
 from scrapy_capsolver_ocr.settings import DEFAULT_LOCAL_MIN_CONFIDENCE
 
 STYLES = ("noisy", "digits", "gvcode")

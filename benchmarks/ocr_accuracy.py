@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "example_project" / "demo_site"))
 from captchas import CaptchaMaker
 
-from scrapy_capsolver_ocr.ocr_server import DdddOcrEngine
+from scrapy_capsolver_ocr.server.app import DdddOcrEngine
 
 STYLES = {
     # style: (generator, module sent to the server)

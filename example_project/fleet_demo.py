@@ -23,7 +23,7 @@ from typing import Any
 
 from push_logins import push_logins
 
-from scrapy_capsolver_ocr import fleet_commands
+from scrapy_capsolver_ocr.cli import fleet_commands
 
 PROJECT_DIR = Path(__file__).resolve().parent
 CRAWL_TIMEOUT = 600.0

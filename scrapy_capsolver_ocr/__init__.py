@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .addon import Addon
-from .browser_captcha import solve_page_captcha
 from .errors import (
     CaptchaAccountError,
     CaptchaApiError,
@@ -23,9 +21,11 @@ from .errors import (
     CaptchaTimeoutError,
     CaptchaTransientError,
 )
-from .middleware import CaptchaSolverMiddleware
+from .integration.addon import Addon
+from .integration.browser_captcha import solve_page_captcha
+from .integration.middleware import CaptchaSolverMiddleware
 from .solution import CaptchaSolution
-from .solver import CaptchaSolver
+from .solving.solver import CaptchaSolver
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler

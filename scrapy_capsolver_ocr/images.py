@@ -10,6 +10,8 @@ import struct
 
 from .errors import CaptchaImageError
 
+#: ``CAPSOLVER_MAX_IMAGE_PIXELS``: a captcha has far fewer; an image bomb declares far more.
+DEFAULT_MAX_IMAGE_PIXELS = 1_000_000
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
 

@@ -22,7 +22,8 @@ from PIL import Image, ImageDraw, ImageFont
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
-from scrapy_capsolver_ocr import cli, ocr_server
+from scrapy_capsolver_ocr.cli import commands as cli
+from scrapy_capsolver_ocr.server import app as ocr_server
 
 SERVE = ["-m", "scrapy_capsolver_ocr", "serve", "--port", "0"]
 FAKE_SERVER = str(Path(__file__).parent / "servers" / "fake_ocr_server.py")

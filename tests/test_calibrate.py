@@ -11,7 +11,7 @@ import pytest
 from conftest import run_command
 from labelled_captchas import draw_labelled
 
-from scrapy_capsolver_ocr.local_ocr.calibration import (
+from scrapy_capsolver_ocr.engines.local.calibration import (
     Sample,
     calibrate,
     expected_format,
@@ -19,7 +19,7 @@ from scrapy_capsolver_ocr.local_ocr.calibration import (
     lowest_threshold,
     row,
 )
-from scrapy_capsolver_ocr.local_ocr.gate import Reading
+from scrapy_capsolver_ocr.engines.local.gate import Reading
 
 
 def run_calibrate(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from servers.process import running_server
 
-from scrapy_capsolver_ocr import cli
+from scrapy_capsolver_ocr.cli import commands as cli
 
 FONT = str(Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf")
 LOCAL_KEY = "local-cli-key"

@@ -60,7 +60,7 @@ async def test_a_stop_recorded_by_another_process_closes_this_crawl(
 async def test_fleet_figures_in_stats_the_progress_line_and_fleet_status(
     capsolver: CapSolverMock, image_site: str, redis_url: str, caplog: Any
 ) -> None:
-    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr.progress")
+    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr.integration.progress")
     capsolver.configure(latency=0.1)
     settings = fleet_settings(
         capsolver,
@@ -115,7 +115,10 @@ async def test_a_missing_redis_extra_is_named_at_crawl_start(
     capsolver: CapSolverMock, image_site: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "hiredis", None)  # as if it was never installed
-    for module in ("scrapy_capsolver_ocr.redis_state", "scrapy_capsolver_ocr.redis_client"):
+    for module in (
+        "scrapy_capsolver_ocr.state.redis_state",
+        "scrapy_capsolver_ocr.state.redis_client",
+    ):
         monkeypatch.delitem(sys.modules, module, raising=False)
     settings = fleet_settings(capsolver, "redis://:secret@127.0.0.1:6379/0")
     with pytest.raises(ImportError) as raised:

@@ -17,9 +17,9 @@ from PIL import Image
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.task import deferLater
 
-from scrapy_capsolver_ocr.local_ocr.engine import InvalidImageError, OcrEngine, model_input
-from scrapy_capsolver_ocr.local_ocr.gate import passes
-from scrapy_capsolver_ocr.local_ocr.workers import NICENESS, WorkerThreads
+from scrapy_capsolver_ocr.engines.local.engine import InvalidImageError, OcrEngine, model_input
+from scrapy_capsolver_ocr.engines.local.gate import passes
+from scrapy_capsolver_ocr.engines.local.workers import NICENESS, WorkerThreads
 from scrapy_capsolver_ocr.settings import DEFAULT_LOCAL_MIN_CONFIDENCE, default_local_workers
 
 DIGITS = "0123456789"

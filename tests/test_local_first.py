@@ -29,7 +29,7 @@ from servers.png_text import embedded_answer
 from servers.process import running_server
 
 from scrapy_capsolver_ocr import CaptchaOptionsError, CaptchaSolution, get_solver
-from scrapy_capsolver_ocr.local_ocr.formats import LEARN_AFTER
+from scrapy_capsolver_ocr.engines.local.formats import LEARN_AFTER
 
 DIGITS = "0123456789"
 #: The demo digit captchas' format, given so that the first captcha can be read locally.
@@ -77,7 +77,7 @@ def assert_shared_between_readers(
 async def test_page_mode_answers_locally_when_sure_and_pays_for_the_rest(
     capsolver: CapSolverMock, digits_site: str, caplog: Any
 ) -> None:
-    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr.progress")
+    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr.integration.progress")
     jars = tuple(range(8))
     settings = local_settings(capsolver, **DIGIT_FORMAT)
     crawler = await crawl(PageLoginSpider, settings, site=digits_site, jars=jars)

@@ -8,13 +8,19 @@ import math
 import numpy as np
 import pytest
 
-from scrapy_capsolver_ocr.local_ocr.formats import (
+from scrapy_capsolver_ocr.engines.local.formats import (
     DEFAULT_CHARS,
     LEARN_AFTER,
     SiteFormats,
     site_of,
 )
-from scrapy_capsolver_ocr.local_ocr.gate import Alphabet, Reading, passes, read_best_path, softmax
+from scrapy_capsolver_ocr.engines.local.gate import (
+    Alphabet,
+    Reading,
+    passes,
+    read_best_path,
+    softmax,
+)
 
 # A charset shaped like ddddocr's: the blank first, both cases of letters, digits, and a
 # CJK character that noise is often read as.

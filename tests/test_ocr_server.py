@@ -37,9 +37,10 @@ from servers.image_bombs import png_bomb
 from servers.process import running_server
 from twisted.python.threadpool import ThreadPool
 
-from scrapy_capsolver_ocr import cli, ocr_server
-from scrapy_capsolver_ocr.ocr_server_api import ApiError, LocalCapSolver, read_task
-from scrapy_capsolver_ocr.ocr_server_http import parse_json
+from scrapy_capsolver_ocr.cli import commands as cli
+from scrapy_capsolver_ocr.server import app as ocr_server
+from scrapy_capsolver_ocr.server.http import parse_json
+from scrapy_capsolver_ocr.server.protocol import ApiError, LocalCapSolver, read_task
 from scrapy_capsolver_ocr.settings import SolverSettings
 
 CREATE_TASK_KEYS = OK_KEYS | {"status", "solution", "taskId"}

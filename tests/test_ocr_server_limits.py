@@ -35,7 +35,7 @@ from ocr_server_helpers import (
 from servers.process import running_server
 from twisted.internet.threads import deferToThread
 
-from scrapy_capsolver_ocr.ocr_server_http import ServerLimits, default_max_connections
+from scrapy_capsolver_ocr.server.http import ServerLimits, default_max_connections
 
 # Only a safety net for a server that never answers: a healthy one answers in milliseconds.
 SOCKET_TIMEOUT = 30.0

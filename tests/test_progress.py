@@ -26,7 +26,7 @@ def progress_lines(caplog: Any) -> list[dict[str, float]]:
     """The periodic lines (not the totals at the end)."""
     lines = []
     for record in caplog.records:
-        if record.name != "scrapy_capsolver_ocr.progress":
+        if record.name != "scrapy_capsolver_ocr.integration.progress":
             continue
         if record.getMessage().startswith(TOTALS):
             continue
@@ -47,7 +47,7 @@ def later(seconds: float) -> Deferred[None]:
 async def test_progress_line_shows_solved_failed_in_flight_and_rate(
     capsolver: CapSolverMock, image_site: str, caplog: Any
 ) -> None:
-    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr.progress")
+    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr.integration.progress")
     # Two rounds of slow calls, so that lines fall while solves wait for their answers.
     capsolver.configure(faults=[{"fault": "latency", "method": "createTask", "seconds": 0.6}])
     urls = [f"{image_site}/captcha/progress{i}.png" for i in range(4)]
@@ -87,7 +87,7 @@ async def test_progress_line_shows_solved_failed_in_flight_and_rate(
 async def test_no_progress_line_before_the_first_solve(
     capsolver: CapSolverMock, image_site: str, caplog: Any
 ) -> None:
-    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr.progress")
+    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr.integration.progress")
 
     async def linger(spider: RecordingSpider, response: Response) -> None:
         # In a callback, on the asyncio reactor: wait through an asyncio future.
@@ -104,7 +104,7 @@ async def test_no_progress_line_before_the_first_solve(
 async def test_interval_zero_turns_progress_lines_off(
     capsolver: CapSolverMock, image_site: str, caplog: Any
 ) -> None:
-    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr.progress")
+    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr.integration.progress")
     capsolver.configure(latency=0.3)
     settings = solver_settings(capsolver, CAPSOLVER_LOGSTATS_INTERVAL=0)
     crawler = await crawl(RecordingSpider, settings, urls=[f"{image_site}/captcha/off.png"])

@@ -20,9 +20,9 @@ from scrapy.utils.defer import deferred_from_coro
 from servers.redis_server import RedisServer
 
 from scrapy_capsolver_ocr import CaptchaFleetError
-from scrapy_capsolver_ocr.redis_client import RedisAddress
 from scrapy_capsolver_ocr.settings import ApiKey
-from scrapy_capsolver_ocr.state import CallTicket, StateLimits
+from scrapy_capsolver_ocr.state.base import CallTicket, StateLimits
+from scrapy_capsolver_ocr.state.redis_client import RedisAddress
 
 
 def on_reactor(test: Callable[..., Awaitable[None]]) -> Any:
@@ -98,7 +98,7 @@ def _certificate_pair(directory: Path) -> tuple[Path, Path, Path]:
 
 @on_reactor
 async def test_rediss_verifies_the_servers_certificate(redis_binary: str, tmp_path: Path) -> None:
-    from scrapy_capsolver_ocr.redis_state import RedisState
+    from scrapy_capsolver_ocr.state.redis_state import RedisState
 
     ca, certificate, key = _certificate_pair(tmp_path)
     server = RedisServer(redis_binary, tcp=True, tls=(certificate, key)).start()

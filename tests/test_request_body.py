@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.internet.testing import StringTransport
 
-from scrapy_capsolver_ocr.client import _whole_body
+from scrapy_capsolver_ocr.api.client import _whole_body
 
 
 def test_a_request_body_is_written_whole_as_the_request_starts() -> None:

@@ -59,7 +59,7 @@ async def test_request_slots_cap_the_solves_in_flight(
     in_flight: int,
     warnings: list[str],
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.middleware")
+    caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.integration.middleware")
     capsolver.configure(faults=[SLOW_TASKS])
     urls = [f"{image_site}/captcha/slots{requests}{add_slots}{i}.png" for i in range(8)]
     settings = solver_settings(
@@ -81,7 +81,7 @@ async def test_request_slots_cap_the_solves_in_flight(
 async def test_the_middleware_alone_leaves_concurrent_requests_and_warns(
     capsolver: CapSolverMock, image_site: str, caplog: Any
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.middleware")
+    caplog.set_level(logging.WARNING, logger="scrapy_capsolver_ocr.integration.middleware")
     urls = [f"{image_site}/captcha/alone{i}.png" for i in range(2)]
     settings = solver_settings(capsolver, CAPSOLVER_CONCURRENCY=8, CONCURRENT_REQUESTS=4)
     del settings["ADDONS"]

@@ -25,7 +25,7 @@ from scrapy_capsolver_ocr import CaptchaCrawlClosingError, CaptchaFleetError, Ca
 from scrapy_capsolver_ocr.errors import CLOSE_BLOCKED, CLOSE_MAX_TASKS, CaptchaBlockedError
 from scrapy_capsolver_ocr.settings import ApiKey
 from scrapy_capsolver_ocr.solution import CaptchaSolution
-from scrapy_capsolver_ocr.state import CallTicket, MemoryState, Pause, StateLimits, Stop
+from scrapy_capsolver_ocr.state.base import CallTicket, MemoryState, Pause, StateLimits, Stop
 
 SHA = "a" * 64
 
@@ -68,7 +68,7 @@ async def redis_states(
     """States of one new fleet (and account) in Redis: first ``unopened`` ones, which renew
     nothing, as a process killed after it took a claim or a permit; then ``opened`` ones
     (``options`` go to them). Every one is closed at the end."""
-    from scrapy_capsolver_ocr.redis_state import RedisState
+    from scrapy_capsolver_ocr.state.redis_state import RedisState
 
     name = f"test-{uuid.uuid4().hex[:8]}"
     key = ApiKey(API_KEY + name)
@@ -395,7 +395,7 @@ async def test_a_closing_claimant_lets_waiters_elsewhere_take_the_image(redis_ur
 async def test_unreachable_redis_fails_closed_and_recovers_without_a_restart(
     own_redis: Any,
 ) -> None:
-    from scrapy_capsolver_ocr.redis_state import RedisState
+    from scrapy_capsolver_ocr.state.redis_state import RedisState
 
     url = own_redis.unix_url.replace("unix://", "unix://:hunter2@")
     state = RedisState(url, "recovering", ApiKey(API_KEY), StateLimits(max_tasks=3))
@@ -422,7 +422,7 @@ async def test_unreachable_redis_fails_closed_and_recovers_without_a_restart(
 
 
 def test_the_fingerprint_names_the_account_without_the_key() -> None:
-    from scrapy_capsolver_ocr.redis_state import account_fingerprint
+    from scrapy_capsolver_ocr.state.redis_state import account_fingerprint
 
     first = account_fingerprint(ApiKey(API_KEY))
     assert first == account_fingerprint(ApiKey(API_KEY))

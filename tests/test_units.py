@@ -27,13 +27,14 @@ from scrapy_capsolver_ocr import (
     CaptchaTaskError,
     CaptchaTransientError,
 )
-from scrapy_capsolver_ocr.addon import Addon
-from scrapy_capsolver_ocr.api_errors import ERROR_TABLE, answer_number, error_for_code, rule_for
-from scrapy_capsolver_ocr.image_task import MAX_SOLUTION_LENGTH, solution_from, task_payload
+from scrapy_capsolver_ocr.api.errors import ERROR_TABLE, answer_number, error_for_code, rule_for
+from scrapy_capsolver_ocr.api.image_task import MAX_SOLUTION_LENGTH, solution_from, task_payload
+from scrapy_capsolver_ocr.checks import redact_url
 from scrapy_capsolver_ocr.images import check_image, declared_size, image_type
-from scrapy_capsolver_ocr.injection import BoundAnswer, with_answer
-from scrapy_capsolver_ocr.request_meta import parse_meta
-from scrapy_capsolver_ocr.settings import SolverSettings, redact_url
+from scrapy_capsolver_ocr.integration.addon import Addon
+from scrapy_capsolver_ocr.integration.injection import BoundAnswer, with_answer
+from scrapy_capsolver_ocr.integration.request_meta import parse_meta
+from scrapy_capsolver_ocr.settings import SolverSettings
 
 # The error table
 

@@ -13,7 +13,8 @@ import argparse
 import resource
 import threading
 
-from scrapy_capsolver_ocr import cli, ocr_server
+from scrapy_capsolver_ocr.cli import commands as cli
+from scrapy_capsolver_ocr.server import app as ocr_server
 
 # Reached only when the server does not run the calls in parallel: the test then fails.
 BARRIER_TIMEOUT = 30.0

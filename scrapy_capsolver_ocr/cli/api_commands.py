@@ -1,0 +1,94 @@
+"""The ``solve`` and ``balance`` commands: one API call each, outside any crawl.
+
+They go through the same :class:`~scrapy_capsolver_ocr.CaptchaSolver` a crawl uses (image
+checks, retries, error classification), run on a Twisted reactor with
+:func:`twisted.internet.task.react`, and turn every failure into a one-line message.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from scrapy import Spider
+from scrapy.crawler import Crawler
+from scrapy.settings import Settings
+from scrapy.statscollectors import MemoryStatsCollector
+
+from ..errors import CaptchaSolveError
+from ..settings import SolverSettings
+from ..solving.solver import CaptchaSolver
+
+#: What a command does with the solver: returns the line to print.
+Command = Callable[[CaptchaSolver], Awaitable[str]]
+
+
+class CommandError(Exception):
+    """A failure to report in one line, with no traceback."""
+
+
+def solver_settings(api_url: str, timeout: float, retries: int) -> SolverSettings:
+    """The solver's settings for one command; the key comes from ``CAPSOLVER_API_KEY``."""
+    settings = Settings(
+        {
+            "CAPSOLVER_API_URL": api_url,
+            "CAPSOLVER_TIMEOUT": timeout,
+            "CAPSOLVER_MAX_RETRIES": retries,
+            "CAPSOLVER_CONCURRENCY": 1,
+            "CAPSOLVER_CACHE_SIZE": 0,
+        }
+    )
+    try:
+        config = SolverSettings.from_settings(settings)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if config.api_key is None:
+        raise CommandError("No CapSolver API key: set the CAPSOLVER_API_KEY environment variable.")
+    return config
+
+
+def solve_command(image: bytes, source: str, module: str | None, score: float | None) -> Command:
+    async def solve(solver: CaptchaSolver) -> str:
+        solution = await solver.solve(image, module=module, score=score, source=source)
+        return solution.text
+
+    return solve
+
+
+async def balance_command(solver: CaptchaSolver) -> str:
+    return f"{await solver.balance():.4f}"
+
+
+def run(name: str, config: SolverSettings, command: Command) -> int:
+    """Run ``command`` on a reactor; print its line, or ``name: message`` on stderr.
+
+    Returns the exit status: 0, or 1 when the command failed.
+    """
+    from twisted.internet.task import react
+
+    async def main(reactor: Any) -> None:
+        # The solver counts into Scrapy stats; a command has no crawl, so a throwaway collector.
+        stats = MemoryStatsCollector(Crawler(Spider))
+        solver = CaptchaSolver(config, stats, on_fatal=lambda reason: None)
+        try:
+            line = await command(solver)
+        # ValueError: an option the solver refused.
+        except (CaptchaSolveError, ValueError) as exc:
+            raise SystemExit(report_failure(name, str(exc))) from None
+        finally:
+            await solver.close()
+        print(line, flush=True)
+
+    try:
+        react(main)
+    except SystemExit as done:  # react() always ends this way, with main's status
+        return done.code if isinstance(done.code, int) else 1
+    return 0  # pragma: no cover - react() never returns
+
+
+def report_failure(name: str, message: str) -> int:
+    """Print ``scrapy-capsolver-ocr NAME: message`` as one line on stderr; return the exit
+    status of a failed command."""
+    print(f"scrapy-capsolver-ocr {name}: {' '.join(message.split())}", file=sys.stderr)
+    return 1
