@@ -253,7 +253,7 @@ def test_readme_is_a_short_front_door() -> None:
 
 
 def markdown_files() -> list[Path]:
-    return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+    return [ROOT / "README.md", *sorted(DOCS.glob("*.md")), ROOT / "example_project" / "README.md"]
 
 
 def without_code_blocks(text: str) -> str:
