@@ -52,6 +52,23 @@ def check_image_status(image: Response, described: str) -> None:
         raise CaptchaImageError(f"{described} got HTTP {image.status}, not an image.")
 
 
+#: What a site answers to a second fetch of a captcha image whose URL names a one-time key
+#: (django-simple-captcha: 410 Gone once the key is used up).
+SINGLE_USE_STATUSES = (404, 410)
+
+
+def single_use_error(url: str, status: int, attempt: int) -> CaptchaImageError:
+    """The error for a captcha image that a refused answer had requested again and that is
+    gone: re-sending it cannot bring a new captcha, so say what can."""
+    return CaptchaImageError(
+        f"The captcha image URL {url} answered HTTP {status} when it was requested again "
+        f"after a refused answer (attempt {attempt}): it looks single-use (a one-time key "
+        "that the form names too), so it cannot be fetched twice. Solve such captchas in "
+        "page mode (solve_image={'selector': ...} on the page that carries the form), or "
+        "retry from the spider by requesting the form page again."
+    )
+
+
 def download_error(what: str, exc: BaseException) -> CaptchaImageError:
     """The error for ``what`` (a captcha, or the page holding it) when its download failed;
     raise it ``from exc``."""

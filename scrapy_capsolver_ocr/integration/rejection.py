@@ -4,7 +4,8 @@
 to CapSolver and dropped from the cache (a local answer is only counted), and the request
 that brought the captcha (the page or the image) is scheduled again, so the spider's
 callbacks run again with a new one. An answer the site accepted teaches local-first the
-format of the site's captchas.
+format of the site's captchas. A captcha image requested again this way that is gone (a
+single-use URL) fails with a message that says what works instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from scrapy.statscollectors import StatsCollector
 from ..errors import CaptchaOptionsError, CaptchaRejectedError
 from ..solving.solver import CaptchaSolver
 from .injection import ANSWER, LOGGED_TEXT, BoundAnswer, CaptchaInjector
+from .page_captcha import SINGLE_USE_STATUSES, single_use_error
 from .request_meta import RetryIf
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,17 @@ async def is_rejected(condition: RetryIf, request: Request, response: Response) 
     return bool(verdict)
 
 
+def is_resent_image(request: Request) -> bool:
+    """Whether ``request`` is a captcha image request that a refused answer sent again (a
+    page-mode or browser request brings a new image with its new page)."""
+    options = request.meta.get("solve_image")
+    if request.meta.get("playwright") or not (
+        options is True or (isinstance(options, dict) and not options.get("selector"))
+    ):
+        return False
+    return bool(request.meta.get("captcha_attempt", 1) > 1)
+
+
 def solve_again(origin: Request, attempt: int) -> Request:
     """``origin`` (the request that brought the captcha) as attempt number ``attempt``."""
     meta = {key: value for key, value in origin.meta.items() if key not in _SOLVE_META}
@@ -76,9 +89,13 @@ class RejectionHandler:
         self, request: Request, response: Response, retry_if: RetryIf | None
     ) -> Request | None:
         """The request to schedule instead of passing ``response`` on, or None to pass it
-        on. Raises :class:`CaptchaRejectedError` when the chain gives up."""
+        on. Raises :class:`CaptchaRejectedError` when the chain gives up, and
+        :class:`CaptchaImageError` when a captcha image it sent again is gone."""
         # Popped: a request the spider builds from response.meta must get its own answer.
         bound: BoundAnswer | None = request.meta.pop(ANSWER, None)
+        if response.status in SINGLE_USE_STATUSES and is_resent_image(request):
+            # The image check would refuse the error page anyway; only the message differs.
+            raise single_use_error(response.url, response.status, request.meta["captcha_attempt"])
         if bound is None or not bound.in_body or retry_if is None:
             return None
         if not await is_rejected(retry_if, request, response):
