@@ -23,7 +23,8 @@ from twisted.python.failure import Failure
 from scrapy_capsolver_ocr import CaptchaRejectedError
 
 SESSIONS = 4
-#: A JOBDIR paused by the flat layout (0.1): see data/write_flat_layout_jobdir.py.
+#: A JOBDIR paused by the flat layout (before the subpackages, commit 8d7da02): see
+#: data/write_flat_layout_jobdir.py.
 FLAT_LAYOUT_JOBDIR = Path(__file__).parent / "data" / "flat-layout-jobdir"
 #: Both the newest Scrapy and 2.13 read that queue; their defaults differ.
 PRIORITY_QUEUE = "scrapy.pqueues.ScrapyPriorityQueue"
@@ -206,4 +207,4 @@ async def test_a_jobdir_written_before_the_move_into_subpackages_resumes(
     assert stat(crawler, "capsolver/rejected") == 2
     reported = [call["body"]["taskId"] for call in capsolver.calls("feedbackTask")]
     assert len(reported) == 2 and reported[0] != reported[1], reported
-    assert str(reported[0]).encode() in queue  # the task of the answer pickled in 0.1
+    assert str(reported[0]).encode() in queue  # the task of the answer pickled by the flat layout

@@ -1,6 +1,6 @@
-"""Writes tests/data/flat-layout-jobdir: a JOBDIR paused by the package's flat layout (0.1,
-before the subpackages: ``scrapy_capsolver_ocr.injection.BoundAnswer`` pickled into the
-queue), for tests/test_jobdir.py to resume with today's code.
+"""Writes tests/data/flat-layout-jobdir: a JOBDIR paused by the package's flat layout (before
+the subpackages, commit 8d7da02: ``scrapy_capsolver_ocr.injection.BoundAnswer`` pickled into
+the queue), for tests/test_jobdir.py to resume with today's code.
 
 Run it from a checkout of that layout (commit 8d7da02), with its own tests on the path::
 
