@@ -2,9 +2,11 @@
 the subpackages, commit 8d7da02: ``scrapy_capsolver_ocr.injection.BoundAnswer`` pickled into
 the queue), for tests/test_jobdir.py to resume with today's code.
 
-Run it from a checkout of that layout (commit 8d7da02), with its own tests on the path::
+Run it from a checkout of that layout (commit 8d7da02), with its own tests on the path, and
+this checkout's virtualenv (no bytecode written into the old checkout)::
 
-    cd OLD_CHECKOUT && PYTHONPATH=$PWD:$PWD/tests python NEW_CHECKOUT/tests/data/write_flat_layout_jobdir.py
+    cd OLD_CHECKOUT && PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$PWD:$PWD/tests \
+        NEW_CHECKOUT/.venv/bin/python NEW_CHECKOUT/tests/data/write_flat_layout_jobdir.py
 
 It runs the first half of that layout's own JOBDIR test (four forms scheduled with their
 answers bound, then the crawl paused before any is sent) against its CapSolver mock and image
