@@ -84,7 +84,7 @@ def change_request_limit(crawler: Crawler, by: int) -> bool:
     solve (``RequestSlots`` lends one to each solve beyond ``CAPSOLVER_CONCURRENCY``).
     Without it: no slot is lent; solves waiting their turn hold the pages' slots.
     Public replacement: none; ``CONCURRENT_REQUESTS`` is read once, when the downloader is
-    built.
+    built. The throttler proposed in scrapy/scrapy#6931 comes with a run-time API for it.
     """
     downloader = getattr(_engine(crawler), "downloader", None)
     limit = getattr(downloader, "total_concurrency", None)
@@ -106,8 +106,8 @@ def replace_frozen_setting(
     of the settings does not show it. The value keeps its meaning: only how it prints.
     With the add-on, the key is wrapped before Scrapy freezes the settings, through public
     API only (``update_settings``).
-    Public replacement: none for a component that is not an add-on; the add-on is the
-    public way.
+    Public replacement: none for a component that is not an add-on (asked for in
+    scrapy/scrapy#3663); the add-on is the public way.
     """
     frozen = settings.frozen
     settings.frozen = False
