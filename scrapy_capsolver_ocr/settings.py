@@ -159,15 +159,31 @@ def mask_api_key(settings: BaseSettings) -> None:
     key = settings.get("CAPSOLVER_API_KEY")
     if not isinstance(key, str) or not key.strip():
         return
-    frozen = settings.frozen
-    # The middleware alone only sees the settings once Scrapy has frozen them: wrapping the
-    # key changes no value that matters, only how it prints.
-    settings.frozen = False
-    try:
-        priority = settings.getpriority("CAPSOLVER_API_KEY") or "addon"
+    priority = settings.getpriority("CAPSOLVER_API_KEY") or "addon"
+    if not settings.frozen:  # the add-on, before Scrapy freezes the settings
         settings.set("CAPSOLVER_API_KEY", ApiKey(key.strip()), priority=priority)
-    finally:
-        settings.frozen = frozen
+        return
+    # The middleware enabled alone sees the settings frozen already: wrapping the key
+    # changes no value that matters, only how it prints.
+    from .compat import replace_frozen_setting
+
+    replace_frozen_setting(settings, "CAPSOLVER_API_KEY", ApiKey(key.strip()), priority)
+
+
+def refuse_reactorless(settings: BaseSettings) -> None:
+    """Raise ``ValueError`` naming ``TWISTED_REACTOR_ENABLED`` when the crawl runs, or is
+    set to run, without a Twisted reactor: treq and the fleet's Redis client need one.
+
+    The setting says what the user asked for, before Scrapy acts on it; Scrapy's own helper
+    says what runs (docs/reactorless.md says what supporting that mode would take)."""
+    from .compat import is_reactorless
+
+    if settings.getbool("TWISTED_REACTOR_ENABLED", True) and not is_reactorless():
+        return
+    raise ValueError(
+        "TWISTED_REACTOR_ENABLED=False is not supported by scrapy-capsolver-ocr: its "
+        "API client (treq) needs a Twisted reactor. Remove the setting or set it to True."
+    )
 
 
 def _warn_unknown(settings: BaseSettings, known: set[str]) -> None:
@@ -260,11 +276,7 @@ class SolverSettings:
         read = _Reader(settings)
         if not read.boolean("CAPSOLVER_ENABLED", True):
             raise NotConfigured("CAPSOLVER_ENABLED is False")
-        if not settings.getbool("TWISTED_REACTOR_ENABLED", True):
-            raise ValueError(
-                "TWISTED_REACTOR_ENABLED=False is not supported by scrapy-capsolver-ocr: its "
-                "API client (treq) needs a Twisted reactor. Remove the setting or set it to True."
-            )
+        refuse_reactorless(settings)
         api_url = check_url("CAPSOLVER_API_URL", read.raw("CAPSOLVER_API_URL", DEFAULT_API_URL))
         if urlsplit(api_url).query or urlsplit(api_url).fragment:
             # The method name is appended to the URL: a query would swallow it.

@@ -1,8 +1,11 @@
 """A crawl paused and resumed with JOBDIR keeps the answers bound to its queued forms, and
-the captcha requests to send again when the site refuses one."""
+the captcha requests to send again when the site refuses one; a JOBDIR written before the
+package moved into subpackages resumes too."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,11 @@ from twisted.python.failure import Failure
 from scrapy_capsolver_ocr import CaptchaRejectedError
 
 SESSIONS = 4
+#: A JOBDIR paused by the flat layout (before the subpackages, commit 8d7da02): see
+#: data/write_flat_layout_jobdir.py.
+FLAT_LAYOUT_JOBDIR = Path(__file__).parent / "data" / "flat-layout-jobdir"
+#: Both the newest Scrapy and 2.13 read that queue; their defaults differ.
+PRIORITY_QUEUE = "scrapy.pqueues.ScrapyPriorityQueue"
 
 
 class PausingLoginSpider(scrapy.Spider):
@@ -137,3 +145,66 @@ async def test_forms_queued_in_a_jobdir_keep_their_answers_across_a_resume(
     assert resumed.errors == {}
     assert stat(second, "capsolver/injected") == SESSIONS + 1
     assert stat(second, "capsolver/rejected") == 2
+
+
+class SiteMovedMiddleware:
+    """Sends the requests a JOBDIR names on the site that wrote it (``TEST_OLD_SITE``) to
+    the site of this run (``TEST_NEW_SITE``): the test servers get a new port every run."""
+
+    def __init__(self, old: str, new: str) -> None:
+        self.old = old
+        self.new = new
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> SiteMovedMiddleware:
+        return cls(crawler.settings["TEST_OLD_SITE"], crawler.settings["TEST_NEW_SITE"])
+
+    def process_request(self, request: scrapy.Request, spider: Any = None) -> scrapy.Request | None:
+        if not request.url.startswith(self.old + "/"):
+            return None
+        return request.replace(url=self.new + request.url[len(self.old) :])
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in.*requests.queue:pytest.PytestUnraisableExceptionWarning"
+)
+@pytest_twisted.ensureDeferred
+async def test_a_jobdir_written_before_the_move_into_subpackages_resumes(
+    capsolver: CapSolverMock, image_site: str, tmp_path: Path
+) -> None:
+    written = json.loads((FLAT_LAYOUT_JOBDIR / "written.json").read_text())
+    solved = {int(session): text for session, text in written["answers"].items()}
+    queue = (FLAT_LAYOUT_JOBDIR / "job" / "requests.queue" / "0").read_bytes()
+    # The forms' answers are pickled under the module paths of that layout.
+    assert queue.count(b"scrapy_capsolver_ocr.injection\x94") == SESSIONS
+    assert queue.count(b"scrapy_capsolver_ocr.solution\x94") == SESSIONS
+    assert b"scrapy_capsolver_ocr.integration" not in queue
+    job = tmp_path / "job"
+    shutil.copytree(FLAT_LAYOUT_JOBDIR / "job", job)  # a resume consumes the queue
+    settings = solver_settings(
+        capsolver,
+        JOBDIR=str(job),
+        CAPSOLVER_MAX_ATTEMPTS=2,
+        SCHEDULER_PRIORITY_QUEUE=PRIORITY_QUEUE,
+        DOWNLOADER_MIDDLEWARES={f"{__name__}.SiteMovedMiddleware": 1},
+        TEST_OLD_SITE=written["site"],
+        TEST_NEW_SITE=image_site,
+    )
+
+    crawler = await crawl(PausingLoginSpider, settings, site=image_site, resume=True)
+    resumed: Any = crawler.spider
+
+    assert stat(crawler, "scheduler/dequeued/disk") >= SESSIONS
+    for session in range(1, SESSIONS):
+        assert resumed.forms[session] == {"user": f"u{session}", "captcha": solved[session]}
+    # Session 0's answer is refused: the captcha request its BoundAnswer kept is sent again,
+    # as attempt 2, and the refused answer's CaptchaSolution is reported by its task id.
+    assert 0 not in resumed.forms
+    assert resumed.captchas == {0: [(2, solved[0])]}
+    assert isinstance(resumed.errors.pop(0), CaptchaRejectedError)
+    assert resumed.errors == {}
+    assert stat(crawler, "capsolver/injected") == SESSIONS + 1
+    assert stat(crawler, "capsolver/rejected") == 2
+    reported = [call["body"]["taskId"] for call in capsolver.calls("feedbackTask")]
+    assert len(reported) == 2 and reported[0] != reported[1], reported
+    assert str(reported[0]).encode() in queue  # the task of the answer pickled by the flat layout

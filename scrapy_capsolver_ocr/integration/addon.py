@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scrapy.settings import BaseSettings
 
-from ..settings import mask_api_key
+from ..settings import mask_api_key, refuse_reactorless
 from .middleware import CaptchaSolverMiddleware
 
 MIDDLEWARE_PRIORITY = 543
@@ -13,14 +13,24 @@ MIDDLEWARE_PRIORITY = 543
 class Addon:
     """Enables :class:`CaptchaSolverMiddleware`, wraps ``CAPSOLVER_API_KEY`` so that a dump
     of the settings shows only its last characters, and gives the solves request slots of
-    their own."""
+    their own. All of it before Scrapy freezes the settings, through public API only."""
 
     def update_settings(self, settings: BaseSettings) -> None:
+        if _enabled(settings):
+            # Before Scrapy builds anything for a crawl that could not solve a captcha.
+            refuse_reactorless(settings)
         settings.set_in_component_priority_dict(
             "DOWNLOADER_MIDDLEWARES", CaptchaSolverMiddleware, MIDDLEWARE_PRIORITY
         )
         mask_api_key(settings)
         add_request_slots(settings)
+
+
+def _enabled(settings: BaseSettings) -> bool:
+    try:
+        return settings.getbool("CAPSOLVER_ENABLED", True)
+    except ValueError:
+        return True  # the settings' checks refuse the bad value at start, naming it
 
 
 def add_request_slots(settings: BaseSettings) -> None:

@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 #: Meta key of the image requests made here: such a request is never itself solved.
 SIDE_REQUEST = "_capsolver_page_image"
-#: Page request meta copied to the image request: same session, proxy and limits.
-_SHARED_META = ("cookiejar", "proxy", "_auth_proxy", "download_timeout", "bindaddress")
+#: Page request meta copied to the image request: same session, proxy and limits. The
+#: proxy's credentials travel in the copied Proxy-Authorization header, which Scrapy's
+#: HttpProxyMiddleware keeps for the copied proxy.
+_SHARED_META = ("cookiejar", "proxy", "download_timeout", "bindaddress")
 #: Page request headers that do not belong on an image request.
 _PAGE_ONLY_HEADERS = (b"Cookie", b"Content-Type", b"Content-Length", b"Accept")
 _IMAGE_ACCEPT = b"image/avif,image/webp,image/png,image/*;q=0.8,*/*;q=0.5"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..compat import change_request_limit, wake_engine
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -60,31 +62,16 @@ class RequestSlots:
             return False
         if self.lent_bytes + size > self._max_bytes:
             return False
-        downloader = self._downloader()
-        if downloader is None or downloader.total_concurrency <= 0:
+        if not change_request_limit(self._crawler, +1):
             return False  # no engine yet, or no limit to lift
-        downloader.total_concurrency += 1
         self.lent += 1
         self.lent_bytes += size
-        self._wake_engine()
+        # The engine takes the next request when a download ends or on its 5 s heartbeat:
+        # the slot lent now must not stay empty until then.
+        wake_engine(self._crawler)
         return True
 
     def _give_back(self, size: int) -> None:
         self.lent -= 1
         self.lent_bytes -= size
-        downloader = self._downloader()
-        if downloader is not None:
-            downloader.total_concurrency -= 1
-
-    def _downloader(self) -> Any:
-        engine = self._crawler.engine
-        return getattr(engine, "downloader", None)
-
-    def _wake_engine(self) -> None:
-        # The engine takes the next request when a download ends or on its 5 s heartbeat;
-        # the slot lent now must not stay empty until then. Scrapy has no public call for
-        # it: without this one, the slot is used on the next heartbeat.
-        slot = getattr(self._crawler.engine, "_slot", None)
-        nextcall = getattr(slot, "nextcall", None)
-        if nextcall is not None:
-            nextcall.schedule()
+        change_request_limit(self._crawler, -1)

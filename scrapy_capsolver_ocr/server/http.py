@@ -23,6 +23,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from ..compat import answer_malformed_requests
 from .protocol import ApiError, JsonObject, bad_request
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,9 @@ def _write(request: Request, status: int, json_answer: JsonObject) -> None:
     request.finish()
 
 
+# Twisted's own refusals (a malformed request line or header, a line or all headers over
+# 16 KB, a bad length or chunk) answer in CapSolver's format too.
+@answer_malformed_requests(lambda channel: channel.refuse_malformed())
 class _LimitedChannel(http.HTTPChannel):
     """An HTTP connection that enforces :class:`ServerLimits` while a request arrives."""
 
@@ -193,13 +197,11 @@ class _LimitedChannel(http.HTTPChannel):
         self.site.closed(self)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's own refusals (a malformed request line or header, a line or all headers
-        # over 16 KB) answer in CapSolver's format too.
+    def refuse_malformed(self) -> None:
         self.refuse(bad_request("the HTTP request is malformed or its headers too large"))
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self._respondToBadRequestAndDisconnect()
+        self.refuse_malformed()
 
     def _refuse_body(self) -> None:
         limit = self.site.limits.max_body
