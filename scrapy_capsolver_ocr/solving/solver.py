@@ -37,6 +37,7 @@ from ..reactor import installed_reactor
 from ..settings import SolverSettings
 from ..solution import LOCAL, CaptchaSolution
 from ..state.base import MemoryState, SolvingState
+from ..state.fleet import state_limits
 from .paying import CapSolverReader
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class CaptchaSolver:
         self.config = config
         self._stats = stats
         self._reactor = installed_reactor()
-        self.state = state or MemoryState(config.state_limits())
+        self.state = state or MemoryState(state_limits(config))
         self.paid = CapSolverReader(config, stats, self.state, on_fatal)
         self.local: LocalReader | None = None
         self._readers: list[ImageReader] = [self.paid]

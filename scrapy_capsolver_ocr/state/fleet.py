@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall
 from ..checks import redact_url
 from ..errors import CaptchaFleetError
 from ..settings import SolverSettings
-from .base import MemoryState, SolvingState, StateFigures
+from .base import MemoryState, SolvingState, StateFigures, StateLimits
 
 if TYPE_CHECKING:
     from ..solving.solver import CaptchaSolver
@@ -31,12 +31,30 @@ logger = logging.getLogger(__name__)
 CHECK_INTERVAL = 1.0
 FIGURES_INTERVAL = 5.0
 EXTRA_HINT = 'pip install "scrapy-capsolver-ocr[redis]"'
+#: Seconds a fleet claim or permit outlives CAPSOLVER_TIMEOUT when its process is gone.
+LEASE_MARGIN = 10.0
+
+
+def state_limits(config: SolverSettings) -> StateLimits:
+    """What the crawl-wide solving state enforces, from the crawl's settings."""
+    return StateLimits(
+        max_tasks=config.max_tasks,
+        budget_period=config.budget_period,
+        fleet_concurrency=config.fleet_concurrency,
+        block_pause=config.block_pause,
+        block_window=config.block_window,
+        cache_size=config.cache_size,
+        cache_ttl=config.cache_ttl,
+        # A claim or permit outlives the call it covers, plus time to notice a death.
+        lease=config.timeout + LEASE_MARGIN,
+    )
 
 
 def build_state(config: SolverSettings, fleet: str) -> SolvingState:
     """The state for a crawl with ``config``; ``fleet`` names it in fleet mode."""
+    limits = state_limits(config)
     if config.redis_url is None:
-        return MemoryState(config.state_limits())
+        return MemoryState(limits)
     try:
         from .redis_state import RedisState
     except ImportError as exc:
@@ -47,7 +65,7 @@ def build_state(config: SolverSettings, fleet: str) -> SolvingState:
             f"the Redis extra, which is not installed: {EXTRA_HINT}",
             name=exc.name,
         ) from None
-    return RedisState(config.redis_url, fleet, config.api_key, config.state_limits())
+    return RedisState(config.redis_url, fleet, config.api_key, limits)
 
 
 def fleet_name(config: SolverSettings, crawler: Any) -> str:
