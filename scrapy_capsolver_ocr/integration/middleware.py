@@ -10,9 +10,13 @@ from weakref import WeakKeyDictionary
 from scrapy import Request, Spider, signals
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
+from scrapy.statscollectors import StatsCollector
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.defer import CancelledError
 
+from ..engines.base import ImageReader
+from ..engines.cloud import CloudReader
+from ..engines.local import require_ddddocr
 from ..errors import CaptchaImageError, CaptchaOptionsError, CaptchaSolveError, unexpected_error
 from ..images import image_type
 from ..reactor import installed_reactor
@@ -74,9 +78,18 @@ class CaptchaSolverMiddleware:
             )
         assert crawler.stats is not None
         state = build_state(self.config, fleet_name(self.config, crawler))
-        self.solver = CaptchaSolver(self.config, crawler.stats, self._close_crawl, state=state)
-        self._fleet = FleetWatch(self.solver, crawler.stats, self.config)
-        self._progress = SolveProgress(self.solver, crawler.stats, self.config.logstats_interval)
+        self._cloud = CloudReader.from_settings(
+            self.config, crawler.stats, state, self._close_crawl
+        )
+        readers: list[ImageReader] = [self._cloud]
+        if self.config.local_ocr:
+            readers.insert(0, local_reader(self.config, crawler.stats))
+        self.solver = CaptchaSolver(self.config, crawler.stats, readers, state)
+        account = self._cloud.account
+        self._fleet = FleetWatch(state, account.fleet_stopped, crawler.stats, self.config)
+        self._progress = SolveProgress(
+            self.solver, account, crawler.stats, self.config.logstats_interval
+        )
         self._closing = False
         self._sessions = SessionSolutions()
         self._injector = CaptchaInjector(crawler, self._sessions, crawler.stats)
@@ -215,22 +228,11 @@ class CaptchaSolverMiddleware:
             return solution, next(self._image_order)
         image, source = await self._captcha_image(request, response, options)
         order = next(self._image_order)
-        website_url = options.website_url
-        if website_url is None and options.selector is not None:
-            website_url = http_url(response.url)  # page mode: the page the captcha is on
-        if website_url is None and request.headers.get("Referer"):
-            website_url = request.headers.to_unicode_dict()["Referer"]
-        solution = await self.solver.solve(
-            image,
-            module=options.module,
-            score=options.score,
-            website_url=website_url,
-            source=source,
-            local=options.local,
-            length=options.length,
-            charset=options.charset,
-            attempt=attempt,
-        )
+        if options.selector is not None:
+            options = options.with_page_url(http_url(response.url))  # page mode: its page
+        if request.headers.get("Referer"):
+            options = options.with_page_url(request.headers.to_unicode_dict()["Referer"])
+        solution = await self.solver.solve_with(image, options, source=source, attempt=attempt)
         return solution, order
 
     def _publish(
@@ -266,12 +268,12 @@ class CaptchaSolverMiddleware:
             )
             return
         if self.config.check_balance:
-            self.solver.hold_until_balance_checked()
+            self._cloud.account.hold_until_balance_checked()
             # Not awaited: ordinary pages start crawling at once; only solves wait for it.
             deferred_from_coro(self._log_start_balance())
 
     async def _log_start_balance(self) -> None:
-        balance = await self.solver.record_balance(at_start=True)
+        balance = await self._cloud.record_balance(at_start=True)
         if balance is not None:
             logger.info(
                 "CapSolver balance at start: %.4f USD (key %r)", balance, self.config.api_key
@@ -283,7 +285,7 @@ class CaptchaSolverMiddleware:
         assert self.crawler.stats is not None
         start = self.crawler.stats.get_value("capsolver/balance_start")
         if start is not None:
-            end = await self.solver.record_balance(at_start=False)
+            end = await self._cloud.record_balance(at_start=False)
             if end is not None:
                 self.crawler.stats.set_value("capsolver/spent", round(start - end, 6))
         await self.solver.close()
@@ -309,3 +311,19 @@ class CaptchaSolverMiddleware:
                 "Could not close the crawl (%s): %s", reason, failure.getErrorMessage()
             )
         )
+
+
+def local_reader(config: SolverSettings, stats: StatsCollector) -> ImageReader:
+    """The reader on this machine that ``CAPSOLVER_LOCAL_*`` describe."""
+    require_ddddocr("CAPSOLVER_LOCAL_OCR = True")
+    # numpy and the engine: imported only when local reading is on
+    from ..engines.local.reader import LocalOptions, LocalReader
+
+    options = LocalOptions(
+        workers=config.local_workers,
+        min_confidence=config.local_min_confidence,
+        length=config.local_length,
+        charset=config.local_charset,
+        only_reader=config.api_key is None,
+    )
+    return LocalReader(options, stats, installed_reactor())

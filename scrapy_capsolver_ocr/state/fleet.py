@@ -10,7 +10,8 @@ the fleet's figures into ``capsolver/fleet/*`` stats, and closes the state at th
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from scrapy.statscollectors import StatsCollector
 from scrapy.utils.defer import deferred_from_coro
@@ -20,9 +21,6 @@ from ..checks import redact_url
 from ..errors import CaptchaFleetError
 from ..settings import SolverSettings
 from .base import MemoryState, SolvingState, StateFigures, StateLimits
-
-if TYPE_CHECKING:
-    from ..solving.solver import CaptchaSolver
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +90,16 @@ class FleetWatch:
     """Opens and closes the crawl's state; in fleet mode, brings fleet-wide stops and
     figures to this process."""
 
-    def __init__(self, solver: CaptchaSolver, stats: StatsCollector, config: SolverSettings):
-        self._solver = solver
+    def __init__(
+        self,
+        state: SolvingState,
+        on_stop: Callable[[str], None],
+        stats: StatsCollector,
+        config: SolverSettings,
+    ) -> None:
+        self.state = state
+        #: Called with the close reason when another process stopped solving for the fleet.
+        self._on_stop = on_stop
         self._stats = stats
         self._config = config
         self._loop: LoopingCall | None = None
@@ -101,10 +107,6 @@ class FleetWatch:
         progress = config.logstats_interval or FIGURES_INTERVAL
         self._tick = min(CHECK_INTERVAL, progress)
         self._figures_every = max(1, round(min(FIGURES_INTERVAL, progress) / self._tick))
-
-    @property
-    def state(self) -> SolvingState:
-        return self._solver.state
 
     def start(self) -> None:
         # Not awaited: pages crawl meanwhile, and solves wait for the state on their own.
@@ -131,7 +133,7 @@ class FleetWatch:
         try:
             reason = await self.state.stop_reason()
             if reason is not None:
-                self._solver.paid.fleet_stopped(reason)
+                self._on_stop(reason)
             if self._ticks % self._figures_every == 1 % self._figures_every:
                 await self._record_figures()
         except CaptchaFleetError as exc:
