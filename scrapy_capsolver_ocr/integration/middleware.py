@@ -10,13 +10,9 @@ from weakref import WeakKeyDictionary
 from scrapy import Request, Spider, signals
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
-from scrapy.statscollectors import StatsCollector
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.defer import CancelledError
 
-from ..engines.base import ImageReader
-from ..engines.cloud import CloudReader
-from ..engines.local import require_ddddocr
 from ..errors import CaptchaImageError, CaptchaOptionsError, CaptchaSolveError, unexpected_error
 from ..images import image_type
 from ..reactor import installed_reactor
@@ -35,6 +31,7 @@ from .page_captcha import (
     page_image,
 )
 from .progress import SolveProgress
+from .readers import crawl_readers
 from .rejection import RejectionHandler
 from .request_meta import CaptchaMeta, parse_meta
 from .request_slots import RequestSlots
@@ -78,12 +75,7 @@ class CaptchaSolverMiddleware:
             )
         assert crawler.stats is not None
         state = build_state(self.config, fleet_name(self.config, crawler))
-        self._cloud = CloudReader.from_settings(
-            self.config, crawler.stats, state, self._close_crawl
-        )
-        readers: list[ImageReader] = [self._cloud]
-        if self.config.local_ocr:
-            readers.insert(0, local_reader(self.config, crawler.stats))
+        readers, self._cloud = crawl_readers(self.config, crawler.stats, state, self._close_crawl)
         self.solver = CaptchaSolver(self.config, crawler.stats, readers, state)
         account = self._cloud.account
         self._fleet = FleetWatch(state, account.fleet_stopped, crawler.stats, self.config)
@@ -311,19 +303,3 @@ class CaptchaSolverMiddleware:
                 "Could not close the crawl (%s): %s", reason, failure.getErrorMessage()
             )
         )
-
-
-def local_reader(config: SolverSettings, stats: StatsCollector) -> ImageReader:
-    """The reader on this machine that ``CAPSOLVER_LOCAL_*`` describe."""
-    require_ddddocr("CAPSOLVER_LOCAL_OCR = True")
-    # numpy and the engine: imported only when local reading is on
-    from ..engines.local.reader import LocalOptions, LocalReader
-
-    options = LocalOptions(
-        workers=config.local_workers,
-        min_confidence=config.local_min_confidence,
-        length=config.local_length,
-        charset=config.local_charset,
-        only_reader=config.api_key is None,
-    )
-    return LocalReader(options, stats, installed_reactor())
