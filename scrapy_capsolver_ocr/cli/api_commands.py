@@ -18,6 +18,7 @@ from scrapy.statscollectors import MemoryStatsCollector
 
 from ..engines.cloud import CloudReader
 from ..errors import CaptchaSolveError
+from ..integration.readers import cloud_reader
 from ..settings import SolverSettings
 from ..solving.solver import CaptchaSolver
 from ..state.base import MemoryState
@@ -75,7 +76,7 @@ def run(name: str, config: SolverSettings, command: Command) -> int:
         stats = MemoryStatsCollector(Crawler(Spider))
         # One call in one process: nothing to share with a fleet.
         state = MemoryState(state_limits(config))
-        cloud = CloudReader.from_settings(config, stats, state, on_fatal=lambda reason: None)
+        cloud = cloud_reader(config, stats, state, on_fatal=lambda reason: None)
         solver = CaptchaSolver(config, stats, [cloud], state)
         try:
             line = await command(solver, cloud)

@@ -11,7 +11,6 @@ counted in ``capsolver/task_count``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -27,11 +26,9 @@ from ..errors import (
     CaptchaCrawlClosingError,
     CaptchaSolveError,
 )
-from ..reactor import installed_reactor
-from ..settings import SolverSettings
 from ..solution import CAPSOLVER, CaptchaSolution
-from ..solving.account import Account, AccountLimits
-from ..solving.retry import Retrier, RetryPolicy, quietly
+from ..solving.account import Account
+from ..solving.retry import Retrier, quietly
 from ..state.base import SolvingState
 from .base import CaptchaImage
 
@@ -64,43 +61,6 @@ class CloudReader:
         self._stats = stats
         self._app_id = app_id
         self._report_wrong = report_wrong
-
-    @classmethod
-    def from_settings(
-        cls,
-        config: SolverSettings,
-        stats: StatsCollector,
-        state: SolvingState,
-        on_fatal: Callable[[str], None],
-    ) -> CloudReader:
-        """The reader, its API client, account guard and retries, as the settings say."""
-        api = CapSolverApi(config.api_url, config.api_key, config.timeout, config.concurrency)
-        limits = AccountLimits(
-            concurrency=config.concurrency,
-            has_key=config.api_key is not None,
-            max_tasks=config.max_tasks,
-            block_window=config.block_window,
-        )
-        account = Account(limits, state, stats, on_fatal, installed_reactor())
-        policy = RetryPolicy(config.max_retries, config.backoff_base, config.backoff_max)
-        runner = TaskRunner(
-            api,
-            account.sleep,
-            poll_interval=config.poll_interval,
-            poll_max=config.backoff_max,
-            poll_timeout=config.timeout,
-            on_poll=lambda: stats.inc_value("capsolver/polls"),
-        )
-        return cls(
-            api,
-            runner,
-            account,
-            Retrier(policy, stats, account.sleep),
-            state,
-            stats,
-            app_id=config.app_id,
-            report_wrong=config.report_wrong,
-        )
 
     def __repr__(self) -> str:
         return f"CloudReader(api={self.api!r}, state={self._state!r})"
