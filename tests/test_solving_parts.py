@@ -1,5 +1,6 @@
-"""Fast tests of the solving core's pure pieces, without a crawl: the retry policy and its
-runner, the checked options of a solve, the local confidence gate and the account's stops."""
+"""Fast tests of the solving core's pieces, without a crawl: the retry policy and its runner,
+the checked options of a solve, the local confidence gate (with any engine behind it) and the
+account's stops."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from test_state import on_reactor
 
 from scrapy_capsolver_ocr import CaptchaAccountError, CaptchaBudgetError, CaptchaOptionsError
 from scrapy_capsolver_ocr.api.errors import error_for_code
+from scrapy_capsolver_ocr.engines.base import CaptchaImage
 from scrapy_capsolver_ocr.engines.local.formats import ExpectedFormat
 from scrapy_capsolver_ocr.engines.local.gate import ConfidenceGate, Reading
+from scrapy_capsolver_ocr.engines.local.reader import LocalOptions, LocalReader
 from scrapy_capsolver_ocr.errors import CaptchaApiError, CaptchaFleetError
 from scrapy_capsolver_ocr.reactor import installed_reactor
 from scrapy_capsolver_ocr.solving.account import Account, AccountLimits
@@ -232,3 +235,39 @@ async def test_the_budget_stops_paying_and_says_which_setting() -> None:
         async with account.paid_call():
             raise AssertionError("over the budget")
     assert reasons == ["capsolver_max_tasks"] and account.calls_made == 1
+
+
+class FixedEngine:
+    """Another engine on this machine (as a learnt model would be): reads what it is told."""
+
+    def __init__(self, reading: Reading) -> None:
+        self.reading = reading
+        self.asked: list[str | None] = []
+
+    def read(self, image: bytes, chars: str | None = None) -> Reading:
+        self.asked.append(chars)
+        return self.reading
+
+
+@pytest.mark.parametrize(
+    ("reading", "used"),
+    [(Reading("4821", 0.9), True), (Reading("4821", 0.5), False), (Reading("48", 0.99), False)],
+)
+@on_reactor
+async def test_any_local_engine_reads_behind_the_same_gate(reading: Reading, used: bool) -> None:
+    collector = stats()
+    engine = FixedEngine(reading)
+    options = LocalOptions(workers=1, min_confidence=0.7, length=4, charset="0123456789")
+    reader = LocalReader(options, collector, installed_reactor(), engine=engine)
+    captcha = CaptchaImage(b"png", "ab" * 32, "https://example.com/c.png", local=True)
+    try:
+        solution = await reader.read(captcha)
+        assert await reader.read(CaptchaImage(b"png", "cd" * 32, "elsewhere")) is None
+    finally:
+        await reader.close()
+    assert engine.asked == ["0123456789"]  # the image not marked local is not read
+    if used:
+        assert solution is not None and (solution.text, solution.solver) == ("4821", "local")
+        assert collector.get_value("capsolver/local/solved") == 1
+    else:
+        assert solution is None and collector.get_value("capsolver/local/declined") == 1
