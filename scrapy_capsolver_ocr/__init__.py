@@ -22,8 +22,8 @@ from .errors import (
     CaptchaTransientError,
 )
 from .integration.addon import Addon
-from .integration.browser_captcha import solve_page_captcha
 from .integration.middleware import CaptchaSolverMiddleware
+from .integration.playwright_pages import solve_page_captcha
 from .solution import CaptchaSolution
 from .solving.solver import CaptchaSolver
 

@@ -27,17 +27,14 @@ from .checks import (
     is_loopback,
 )
 from .images import DEFAULT_MAX_IMAGE_PIXELS
-from .state.base import StateLimits
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "CAPSOLVER_"
+SETTINGS_PREFIX = "CAPSOLVER_"
 DEFAULT_API_URL = "https://api.capsolver.com"
 #: The local answer's confidence from which it is used instead of paying: calibrated on the
 #: demo site's captchas for at least 95 % right (docs/local-first.md).
 DEFAULT_LOCAL_MIN_CONFIDENCE = 0.7
-#: Seconds a fleet claim or permit outlives CAPSOLVER_TIMEOUT when its process is gone.
-LEASE_MARGIN = 10.0
 
 T = TypeVar("T")
 
@@ -188,16 +185,18 @@ def refuse_reactorless(settings: BaseSettings) -> None:
 
 def _warn_unknown(settings: BaseSettings, known: set[str]) -> None:
     """A misspelt setting would otherwise be ignored without a word."""
-    for name in sorted(n for n in settings if str(n).startswith(PREFIX)):
+    for name in sorted(n for n in settings if str(n).startswith(SETTINGS_PREFIX)):
         if name not in known:
             # Compared without the shared prefix, which would make every name look close.
             close = difflib.get_close_matches(
-                name.removeprefix(PREFIX), [k.removeprefix(PREFIX) for k in known], n=1
+                name.removeprefix(SETTINGS_PREFIX),
+                [k.removeprefix(SETTINGS_PREFIX) for k in known],
+                n=1,
             )
             logger.warning(
                 "Unknown setting %s is ignored%s",
                 name,
-                f" (did you mean {PREFIX}{close[0]}?)" if close else "",
+                f" (did you mean {SETTINGS_PREFIX}{close[0]}?)" if close else "",
             )
 
 
@@ -256,20 +255,6 @@ class SolverSettings:
     local_length: int | None
     local_charset: str | None
     local_workers: int
-
-    def state_limits(self) -> StateLimits:
-        """What the crawl-wide solving state enforces."""
-        return StateLimits(
-            max_tasks=self.max_tasks,
-            budget_period=self.budget_period,
-            fleet_concurrency=self.fleet_concurrency,
-            block_pause=self.block_pause,
-            block_window=self.block_window,
-            cache_size=self.cache_size,
-            cache_ttl=self.cache_ttl,
-            # A claim or permit outlives the call it covers, plus time to notice a death.
-            lease=self.timeout + LEASE_MARGIN,
-        )
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> SolverSettings:

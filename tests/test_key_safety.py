@@ -58,7 +58,7 @@ class InspectingSpider(RecordingSpider):
     async def inspect(self, spider: RecordingSpider, response: Response) -> None:
         solver = get_solver(self.crawler)
         self.seen += [repr(response), repr(response.request), repr(response.meta)]
-        self.seen += [repr(solver), repr(solver.config), repr(solver.api), str(solver.config)]
+        self.seen += [repr(solver), repr(solver.config), repr(solver.readers), str(solver.config)]
         if self.report and "captcha_solution" in response.meta:
             await solver.report_wrong(response.meta["captcha_solution"], "rejected by the site")
 

@@ -35,6 +35,7 @@ from scrapy_capsolver_ocr.integration.addon import Addon
 from scrapy_capsolver_ocr.integration.injection import BoundAnswer, with_answer
 from scrapy_capsolver_ocr.integration.request_meta import parse_meta
 from scrapy_capsolver_ocr.settings import SolverSettings
+from scrapy_capsolver_ocr.state.fleet import state_limits
 
 # The error table
 
@@ -281,7 +282,7 @@ def test_settings_are_read_once_with_their_defaults() -> None:
         1.0,
     )
     assert config.redis_url is None and config.add_request_slots
-    assert config.state_limits().lease == config.timeout + 10
+    assert state_limits(config).lease == config.timeout + 10
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,16 @@ from scrapy.crawler import Crawler
 from scrapy.settings import Settings
 from scrapy.statscollectors import MemoryStatsCollector
 
+from ..engines.cloud import CloudReader
 from ..errors import CaptchaSolveError
+from ..integration.readers import cloud_reader
 from ..settings import SolverSettings
 from ..solving.solver import CaptchaSolver
+from ..state.base import MemoryState
+from ..state.fleet import state_limits
 
-#: What a command does with the solver: returns the line to print.
-Command = Callable[[CaptchaSolver], Awaitable[str]]
+#: What a command does with the solver and its cloud reader: returns the line to print.
+Command = Callable[[CaptchaSolver, CloudReader], Awaitable[str]]
 
 
 class CommandError(Exception):
@@ -49,15 +53,15 @@ def solver_settings(api_url: str, timeout: float, retries: int) -> SolverSetting
 
 
 def solve_command(image: bytes, source: str, module: str | None, score: float | None) -> Command:
-    async def solve(solver: CaptchaSolver) -> str:
+    async def solve(solver: CaptchaSolver, cloud: CloudReader) -> str:
         solution = await solver.solve(image, module=module, score=score, source=source)
         return solution.text
 
     return solve
 
 
-async def balance_command(solver: CaptchaSolver) -> str:
-    return f"{await solver.balance():.4f}"
+async def balance_command(solver: CaptchaSolver, cloud: CloudReader) -> str:
+    return f"{await cloud.balance():.4f}"
 
 
 def run(name: str, config: SolverSettings, command: Command) -> int:
@@ -70,9 +74,12 @@ def run(name: str, config: SolverSettings, command: Command) -> int:
     async def main(reactor: Any) -> None:
         # The solver counts into Scrapy stats; a command has no crawl, so a throwaway collector.
         stats = MemoryStatsCollector(Crawler(Spider))
-        solver = CaptchaSolver(config, stats, on_fatal=lambda reason: None)
+        # One call in one process: nothing to share with a fleet.
+        state = MemoryState(state_limits(config))
+        cloud = cloud_reader(config, stats, state, on_fatal=lambda reason: None)
+        solver = CaptchaSolver(config, stats, [cloud], state)
         try:
-            line = await command(solver)
+            line = await command(solver, cloud)
         # ValueError: an option the solver refused.
         except (CaptchaSolveError, ValueError) as exc:
             raise SystemExit(report_failure(name, str(exc))) from None

@@ -1,10 +1,11 @@
 """Who reads a captcha: the :class:`ImageReader` interface, and the :class:`CaptchaImage` it
 is given.
 
-The solver asks its readers in turn; the first answer wins. The paid reader
-(:class:`~scrapy_capsolver_ocr.solving.paying.CapSolverReader`: CapSolver's API, with the cache,
+The solver asks its readers in turn; the first answer wins. The cloud reader
+(:class:`~scrapy_capsolver_ocr.engines.cloud.CloudReader`: CapSolver's API, with the cache,
 shared calls, budget and retries) always answers or raises; a reader that can decline, such
-as a local OCR engine that is not confident enough, returns None and the next one reads.
+as the local OCR reader when its confidence gate refuses a reading, returns None and the next
+one reads. Readers are built by whoever builds the solver, and told what became of answers.
 """
 
 from __future__ import annotations
@@ -43,5 +44,23 @@ class CaptchaImage:
 class ImageReader(Protocol):
     """Reads the text of a captcha image."""
 
+    #: The :attr:`CaptchaSolution.solver` of this reader's answers.
+    name: str
+    #: Reads on this machine, for free: a request may ask for it (``local=True``) or not
+    #: (``local=False``), and it reads only images marked :attr:`CaptchaImage.local`.
+    local: bool
+
     async def read(self, captcha: CaptchaImage) -> CaptchaSolution | None:
         """The answer, or None to let the next reader try. Raises a ``CaptchaSolveError``."""
+
+    def answered(self, captcha: CaptchaImage, solution: CaptchaSolution) -> None:
+        """``solution`` (from any reader) answers ``captcha``."""
+
+    def accepted(self, solution: CaptchaSolution) -> None:
+        """The site accepted ``solution`` (from any reader)."""
+
+    async def rejected(self, solution: CaptchaSolution, message: str = "") -> None:
+        """The site rejected ``solution``, one of this reader's answers. Never raises."""
+
+    async def close(self) -> None:
+        """The crawl has ended: fail what still waits and let go of what is held."""

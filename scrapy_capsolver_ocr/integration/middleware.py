@@ -31,6 +31,7 @@ from .page_captcha import (
     page_image,
 )
 from .progress import SolveProgress
+from .readers import crawl_readers
 from .rejection import RejectionHandler
 from .request_meta import CaptchaMeta, parse_meta
 from .request_slots import RequestSlots
@@ -74,9 +75,13 @@ class CaptchaSolverMiddleware:
             )
         assert crawler.stats is not None
         state = build_state(self.config, fleet_name(self.config, crawler))
-        self.solver = CaptchaSolver(self.config, crawler.stats, self._close_crawl, state=state)
-        self._fleet = FleetWatch(self.solver, crawler.stats, self.config)
-        self._progress = SolveProgress(self.solver, crawler.stats, self.config.logstats_interval)
+        readers, self._cloud = crawl_readers(self.config, crawler.stats, state, self._close_crawl)
+        self.solver = CaptchaSolver(self.config, crawler.stats, readers, state)
+        account = self._cloud.account
+        self._fleet = FleetWatch(state, account.fleet_stopped, crawler.stats, self.config)
+        self._progress = SolveProgress(
+            self.solver, account, crawler.stats, self.config.logstats_interval
+        )
         self._closing = False
         self._sessions = SessionSolutions()
         self._injector = CaptchaInjector(crawler, self._sessions, crawler.stats)
@@ -215,22 +220,11 @@ class CaptchaSolverMiddleware:
             return solution, next(self._image_order)
         image, source = await self._captcha_image(request, response, options)
         order = next(self._image_order)
-        website_url = options.website_url
-        if website_url is None and options.selector is not None:
-            website_url = http_url(response.url)  # page mode: the page the captcha is on
-        if website_url is None and request.headers.get("Referer"):
-            website_url = request.headers.to_unicode_dict()["Referer"]
-        solution = await self.solver.solve(
-            image,
-            module=options.module,
-            score=options.score,
-            website_url=website_url,
-            source=source,
-            local=options.local,
-            length=options.length,
-            charset=options.charset,
-            attempt=attempt,
-        )
+        if options.selector is not None:
+            options = options.with_page_url(http_url(response.url))  # page mode: its page
+        if request.headers.get("Referer"):
+            options = options.with_page_url(request.headers.to_unicode_dict()["Referer"])
+        solution = await self.solver.solve_with(image, options, source=source, attempt=attempt)
         return solution, order
 
     def _publish(
@@ -266,12 +260,12 @@ class CaptchaSolverMiddleware:
             )
             return
         if self.config.check_balance:
-            self.solver.hold_until_balance_checked()
+            self._cloud.account.hold_until_balance_checked()
             # Not awaited: ordinary pages start crawling at once; only solves wait for it.
             deferred_from_coro(self._log_start_balance())
 
     async def _log_start_balance(self) -> None:
-        balance = await self.solver.record_balance(at_start=True)
+        balance = await self._cloud.record_balance(at_start=True)
         if balance is not None:
             logger.info(
                 "CapSolver balance at start: %.4f USD (key %r)", balance, self.config.api_key
@@ -283,7 +277,7 @@ class CaptchaSolverMiddleware:
         assert self.crawler.stats is not None
         start = self.crawler.stats.get_value("capsolver/balance_start")
         if start is not None:
-            end = await self.solver.record_balance(at_start=False)
+            end = await self._cloud.record_balance(at_start=False)
             if end is not None:
                 self.crawler.stats.set_value("capsolver/spent", round(start - end, 6))
         await self.solver.close()

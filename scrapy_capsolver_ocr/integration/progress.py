@@ -8,6 +8,7 @@ import logging
 from scrapy.statscollectors import StatsCollector
 from twisted.internet.task import LoopingCall
 
+from ..solving.account import Account
 from ..solving.solver import CaptchaSolver
 
 logger = logging.getLogger(__name__)
@@ -19,8 +20,11 @@ class SolveProgress:
     were read locally, for free; at the end of the crawl, one line of totals. Silent until
     the crawl asks for its first solve, so crawls that meet no captcha get no noise."""
 
-    def __init__(self, solver: CaptchaSolver, stats: StatsCollector, interval: float) -> None:
+    def __init__(
+        self, solver: CaptchaSolver, account: Account, stats: StatsCollector, interval: float
+    ) -> None:
         self._solver = solver
+        self._account = account
         self._stats = stats
         self._interval = interval
         self._last_solved = 0
@@ -54,7 +58,7 @@ class SolveProgress:
             free,
             100.0 * free / solved if solved else 0.0,
             self._stats.get_value("capsolver/failed", 0),
-            self._solver.tasks_sent,
+            self._account.calls_made,
         )
 
     def log(self) -> None:
@@ -74,8 +78,8 @@ class SolveProgress:
             self._stats.get_value("capsolver/local/solved", 0),
             self._stats.get_value("capsolver/failed", 0),
             self._solver.in_flight,
-            self._solver.calls_in_flight,
-            self._solver.tasks_sent,
+            self._account.calls_in_flight,
+            self._account.calls_made,
             fleet,
         )
 

@@ -37,7 +37,7 @@ from .protocol import (
     LOCAL_BALANCE,
     ApiError,
     LocalCapSolver,
-    OcrEngine,
+    Recognizer,
 )
 
 if TYPE_CHECKING:
@@ -50,8 +50,8 @@ __all__ = [
     "ApiError",
     "DdddOcrEngine",
     "InvalidImageError",
-    "OcrEngine",
     "OcrUnavailableError",
+    "Recognizer",
     "RunningServer",
     "ServerLimits",
     "serve",
@@ -81,9 +81,9 @@ class DdddOcrEngine:
 
     def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         require_ddddocr("The local OCR server")
-        from ..engines.local.engine import OcrEngine as LocalEngine  # numpy: only when serving
+        from ..engines.local.engine import OcrEngine  # numpy: only when serving
 
-        self._engine = LocalEngine()
+        self._engine = OcrEngine()
         self._max_pixels = max_pixels
 
     def recognize(self, image: bytes, module: str) -> Reading:
@@ -107,7 +107,7 @@ class RunningServer:
 
 
 def start_server(
-    engine: OcrEngine | None = None,
+    engine: Recognizer | None = None,
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -147,7 +147,7 @@ def start_server(
     return RunningServer(url, listening, pool)
 
 
-def serve(engine: OcrEngine | None = None, **options: Any) -> None:
+def serve(engine: Recognizer | None = None, **options: Any) -> None:
     """Run the server until the process is stopped (SIGINT, SIGTERM); ``options`` are those
     of :func:`start_server`.
 

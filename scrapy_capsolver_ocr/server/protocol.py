@@ -64,8 +64,8 @@ def bad_request(description: str) -> ApiError:
     return ApiError("ERROR_BAD_REQUEST", description)
 
 
-class OcrEngine(Protocol):
-    """What the server needs from an OCR engine.
+class Recognizer(Protocol):
+    """What the server reads images with: any OCR engine that answers for a ``module``.
 
     ``recognize`` runs in worker threads, several at a time, so it must be thread-safe.
     """
@@ -175,7 +175,7 @@ class LocalCapSolver:
 
     def __init__(
         self,
-        engine: OcrEngine,
+        engine: Recognizer,
         pool: ThreadPool,
         reactor: Any,
         *,

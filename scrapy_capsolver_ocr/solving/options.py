@@ -1,8 +1,15 @@
-"""The per-request ``solve_image`` meta value, validated."""
+"""What one solve asks for, checked once into a :class:`SolveOptions`.
+
+Two ways in: a request's ``solve_image`` meta value (:func:`solve_options`), and the
+keyword arguments of the public ``solve()`` and ``solve_page_captcha()``
+(:func:`checked_options`). Past them, the options travel as one checked object and are not
+looked at again.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from cssselect import SelectorError
@@ -36,6 +43,16 @@ class SolveOptions:
     length: int | None = None
     charset: str | None = None
 
+    def with_page_url(self, url: str | None) -> SolveOptions:
+        """These options with ``website_url`` defaulting to ``url``, the page the captcha
+        belongs to (a header or a browser's address: checked here)."""
+        if self.website_url is not None or not url:
+            return self
+        try:
+            return replace(self, website_url=check_url("website_url", url))
+        except ValueError as exc:
+            raise CaptchaOptionsError(str(exc)) from None
+
 
 def check_selector(name: str, value: Any) -> str:
     selector = check_text(name, value)
@@ -61,6 +78,34 @@ _BROWSER_CHECKS = {**_CHECKS, "selector": check_text}
 _ALLOWED = ", ".join(field.name for field in fields(SolveOptions))
 
 
+def checked_options(**values: Any) -> SolveOptions:
+    """The options given as keyword arguments (None: not given), checked under their own
+    names. Raises :class:`CaptchaOptionsError`."""
+    return _checked(values, _BROWSER_CHECKS, lambda name: name)
+
+
+def check_attempt(attempt: Any) -> int:
+    """``attempt`` of ``solve()``: 1 for a first captcha, more for a fresh one after the site
+    refused an answer. Raises :class:`CaptchaOptionsError`."""
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise CaptchaOptionsError(f"attempt={attempt!r} is not valid: expected an int >= 1")
+    return attempt
+
+
+def _checked(
+    values: dict[str, Any], checks: dict[str, Any], named: Callable[[str], str]
+) -> SolveOptions:
+    checked: dict[str, Any] = {}
+    for name, raw in values.items():
+        if raw is None:
+            continue
+        try:
+            checked[name] = checks[name](named(name), raw)
+        except ValueError as exc:
+            raise CaptchaOptionsError(str(exc)) from None
+    return SolveOptions(**checked)
+
+
 def solve_options(meta: dict[str, Any]) -> SolveOptions | None:
     """The options of ``meta["solve_image"]``, or None when the request did not ask for a
     solve. Raises :class:`CaptchaOptionsError` for a value of the wrong type or content."""
@@ -81,12 +126,4 @@ def solve_options(meta: dict[str, Any]) -> SolveOptions | None:
             f"allowed: {_ALLOWED}"
         )
     checks = _BROWSER_CHECKS if meta.get("playwright") else _CHECKS
-    checked: dict[str, Any] = {}
-    for name, raw in value.items():
-        if raw is None:
-            continue
-        try:
-            checked[name] = checks[name](f"meta['solve_image'][{name!r}]", raw)
-        except ValueError as exc:
-            raise CaptchaOptionsError(str(exc)) from None
-    return SolveOptions(**checked)
+    return _checked(value, checks, lambda name: f"meta['solve_image'][{name!r}]")

@@ -10,7 +10,8 @@ the fleet's figures into ``capsolver/fleet/*`` stats, and closes the state at th
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from scrapy.statscollectors import StatsCollector
 from scrapy.utils.defer import deferred_from_coro
@@ -19,10 +20,7 @@ from twisted.internet.task import LoopingCall
 from ..checks import redact_url
 from ..errors import CaptchaFleetError
 from ..settings import SolverSettings
-from .base import MemoryState, SolvingState, StateFigures
-
-if TYPE_CHECKING:
-    from ..solving.solver import CaptchaSolver
+from .base import MemoryState, SolvingState, StateFigures, StateLimits
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +29,30 @@ logger = logging.getLogger(__name__)
 CHECK_INTERVAL = 1.0
 FIGURES_INTERVAL = 5.0
 EXTRA_HINT = 'pip install "scrapy-capsolver-ocr[redis]"'
+#: Seconds a fleet claim or permit outlives CAPSOLVER_TIMEOUT when its process is gone.
+LEASE_MARGIN = 10.0
+
+
+def state_limits(config: SolverSettings) -> StateLimits:
+    """What the crawl-wide solving state enforces, from the crawl's settings."""
+    return StateLimits(
+        max_tasks=config.max_tasks,
+        budget_period=config.budget_period,
+        fleet_concurrency=config.fleet_concurrency,
+        block_pause=config.block_pause,
+        block_window=config.block_window,
+        cache_size=config.cache_size,
+        cache_ttl=config.cache_ttl,
+        # A claim or permit outlives the call it covers, plus time to notice a death.
+        lease=config.timeout + LEASE_MARGIN,
+    )
 
 
 def build_state(config: SolverSettings, fleet: str) -> SolvingState:
     """The state for a crawl with ``config``; ``fleet`` names it in fleet mode."""
+    limits = state_limits(config)
     if config.redis_url is None:
-        return MemoryState(config.state_limits())
+        return MemoryState(limits)
     try:
         from .redis_state import RedisState
     except ImportError as exc:
@@ -47,7 +63,7 @@ def build_state(config: SolverSettings, fleet: str) -> SolvingState:
             f"the Redis extra, which is not installed: {EXTRA_HINT}",
             name=exc.name,
         ) from None
-    return RedisState(config.redis_url, fleet, config.api_key, config.state_limits())
+    return RedisState(config.redis_url, fleet, config.api_key, limits)
 
 
 def fleet_name(config: SolverSettings, crawler: Any) -> str:
@@ -74,8 +90,16 @@ class FleetWatch:
     """Opens and closes the crawl's state; in fleet mode, brings fleet-wide stops and
     figures to this process."""
 
-    def __init__(self, solver: CaptchaSolver, stats: StatsCollector, config: SolverSettings):
-        self._solver = solver
+    def __init__(
+        self,
+        state: SolvingState,
+        on_stop: Callable[[str], None],
+        stats: StatsCollector,
+        config: SolverSettings,
+    ) -> None:
+        self.state = state
+        #: Called with the close reason when another process stopped solving for the fleet.
+        self._on_stop = on_stop
         self._stats = stats
         self._config = config
         self._loop: LoopingCall | None = None
@@ -83,10 +107,6 @@ class FleetWatch:
         progress = config.logstats_interval or FIGURES_INTERVAL
         self._tick = min(CHECK_INTERVAL, progress)
         self._figures_every = max(1, round(min(FIGURES_INTERVAL, progress) / self._tick))
-
-    @property
-    def state(self) -> SolvingState:
-        return self._solver.state
 
     def start(self) -> None:
         # Not awaited: pages crawl meanwhile, and solves wait for the state on their own.
@@ -113,7 +133,7 @@ class FleetWatch:
         try:
             reason = await self.state.stop_reason()
             if reason is not None:
-                self._solver.paid.fleet_stopped(reason)
+                self._on_stop(reason)
             if self._ticks % self._figures_every == 1 % self._figures_every:
                 await self._record_figures()
         except CaptchaFleetError as exc:

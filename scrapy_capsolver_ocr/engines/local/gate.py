@@ -16,15 +16,21 @@ does tell them apart:
 
 Case folding assumes what most sites do: they compare answers ignoring case. The text keeps
 the alphabet's spelling when it has one case of a letter, else the case the model preferred.
+
+:class:`ConfidenceGate` applies the last two steps' verdict to any engine that reads on this
+machine: the local reader asks it of every reading, whichever engine made it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .formats import ExpectedFormat
 
 Array = np.ndarray[Any, np.dtype[Any]]
 
@@ -137,3 +143,33 @@ def passes(reading: Reading, lengths: Collection[int] | None, min_confidence: fl
     if lengths is not None and len(reading.text) not in lengths:
         return False
     return reading.confidence >= min_confidence
+
+
+class ConfidenceGate:
+    """Whether a local reading is used instead of paying; the reason when it is not.
+
+    With ``only_reader`` (no API key: nobody else can read the image) every reading with
+    some text is used, however unsure.
+    """
+
+    def __init__(self, min_confidence: float, *, only_reader: bool = False) -> None:
+        self.min_confidence = min_confidence
+        self.only_reader = only_reader
+
+    def __repr__(self) -> str:
+        return f"ConfidenceGate(min_confidence={self.min_confidence:g})"
+
+    def refuses_unread(self, expected: ExpectedFormat) -> str | None:
+        """Why no reading could pass for a captcha expected as ``expected`` (so it is not
+        read at all), or None."""
+        if expected.lengths is None and not self.only_reader:
+            return "the length of this site's captchas is not known yet"
+        return None
+
+    def refuses(self, reading: Reading, expected: ExpectedFormat) -> str | None:
+        """Why ``reading`` may not be used, or None when it may."""
+        if self.only_reader or passes(reading, expected.lengths, self.min_confidence):
+            return None
+        if expected.lengths is not None and len(reading.text) not in expected.lengths:
+            return f"read {len(reading.text)} characters, expected {sorted(expected.lengths)}"
+        return f"confidence {reading.confidence:.3f} < {self.min_confidence:g}"

@@ -9,46 +9,74 @@ Without an API key there is nobody to pass the image to: every local answer is u
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from scrapy.statscollectors import StatsCollector
 
 from ...errors import CaptchaImageError, CaptchaTaskError
-from ...settings import SolverSettings
 from ...solution import LOCAL, CaptchaSolution
 from ..base import CaptchaImage
 from .engine import InvalidImageError, OcrEngine
-from .formats import ExpectedFormat, SiteFormats, site_of
-from .gate import Reading, passes
+from .formats import SiteFormats, site_of
+from .gate import ConfidenceGate, Reading
 from .workers import WorkerThreads
 
 logger = logging.getLogger(__name__)
 
 
+class LocalEngine(Protocol):
+    """What reads text on this machine: ddddocr's model (:class:`~.engine.OcrEngine`) by
+    default; another model plugs in the same way, behind the same :class:`ConfidenceGate`.
+    Called in worker threads: it may block, and must be thread-safe."""
+
+    def read(self, image: bytes, chars: str | None = None) -> Reading:
+        """The text of ``image`` over the characters ``chars`` and its confidence; raises
+        :class:`InvalidImageError` for bytes it cannot read as an image."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """What the local reader is told (``CAPSOLVER_LOCAL_*``)."""
+
+    #: Threads the engine reads in.
+    workers: int
+    #: The confidence from which a reading is used instead of paying.
+    min_confidence: float
+    #: The answers' length and characters, when known for every site.
+    length: int | None = None
+    charset: str | None = None
+    #: No API key: the local answer is the only one there can be, used however unsure.
+    only_reader: bool = False
+
+
 class LocalReader:
-    """Reads captchas with the local engine in worker threads; declines (returns None)
-    what it is not sure of, unless there is no API key."""
+    """Reads captchas with a local engine in worker threads; declines (returns None) what
+    its gate refuses."""
+
+    name = LOCAL
+    local = True
 
     def __init__(
         self,
-        config: SolverSettings,
+        options: LocalOptions,
         stats: StatsCollector,
         reactor: Any,
-        engine: OcrEngine | None = None,
+        engine: LocalEngine | None = None,
     ) -> None:
         self._stats = stats
         self._engine = engine or OcrEngine()
-        self._threads = WorkerThreads(config.local_workers, reactor)
-        self._min_confidence = config.local_min_confidence
-        # Without a key the local answer is the only one there can be.
-        self._only_reader = config.api_key is None
+        self._threads = WorkerThreads(options.workers, reactor)
+        self.gate = ConfidenceGate(options.min_confidence, only_reader=options.only_reader)
+        # Without CapSolver nothing would teach a character the engine was kept from reading.
         self.formats = SiteFormats(
-            config.local_length, config.local_charset, learn_chars=not self._only_reader
+            options.length, options.charset, learn_chars=not options.only_reader
         )
         self.solved = 0
 
     def __repr__(self) -> str:
-        return f"LocalReader(min_confidence={self._min_confidence}, solved={self.solved})"
+        return f"LocalReader(gate={self.gate!r}, solved={self.solved})"
 
     @property
     def reading(self) -> int:
@@ -60,21 +88,23 @@ class LocalReader:
             return None
         site = site_of(captcha.website_url, captcha.source)
         expected = self.formats.expected(site, captcha.length, captcha.charset)
-        if expected.lengths is None and not self._only_reader:
-            self._decline(captcha, "the length of this site's captchas is not known yet")
+        refusal = self.gate.refuses_unread(expected)
+        if refusal is not None:
+            self._decline(captcha, refusal)
             return None
         try:
             reading = await self._threads.run(self._engine.read, captcha.body, expected.alphabet)
         except InvalidImageError as exc:
-            if not self._only_reader:
+            if not self.gate.only_reader:
                 self._decline(captcha, f"unreadable image ({exc})")
                 return None
             raise CaptchaImageError(
                 f"The captcha of {captcha.source} cannot be read as an image: {exc}"
             ) from None
-        if self._only_reader or passes(reading, expected.lengths, self._min_confidence):
+        refusal = self.gate.refuses(reading, expected)
+        if refusal is None:
             return self._use(captcha, reading)
-        self._decline(captcha, self._why_not(reading, expected))
+        self._decline(captcha, refusal)
         return None
 
     def _use(self, captcha: CaptchaImage, reading: Reading) -> CaptchaSolution:
@@ -101,17 +131,16 @@ class LocalReader:
         self._stats.inc_value("capsolver/local/declined")
         logger.debug("CapSolver reads the captcha of %s: %s", captcha.source, why)
 
-    def _why_not(self, reading: Reading, expected: ExpectedFormat) -> str:
-        if expected.lengths is not None and len(reading.text) not in expected.lengths:
-            return f"read {len(reading.text)} characters, expected {sorted(expected.lengths)}"
-        return f"confidence {reading.confidence:.3f} < {self._min_confidence:g}"
-
     def answered(self, captcha: CaptchaImage, solution: CaptchaSolution) -> None:
         """``solution`` answers ``captcha``: if its site accepts it, it is learnt from."""
         self.formats.answered(solution.image_sha256, site_of(captcha.website_url, captcha.source))
 
     def accepted(self, solution: CaptchaSolution) -> None:
         self.formats.accepted(solution.image_sha256, solution.text)
+
+    async def rejected(self, solution: CaptchaSolution, message: str = "") -> None:
+        """A local answer has no task to report: it is only counted."""
+        self._stats.inc_value("capsolver/local/rejected")
 
     async def close(self) -> None:
         """Let the reads in progress end and stop the threads (the crawl has ended)."""
