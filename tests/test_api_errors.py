@@ -199,7 +199,7 @@ async def test_account_error_closes_the_crawl_once(
     assert stat(crawler, "capsolver/task_count") <= 2
     assert stat(crawler, "capsolver/solved") + stat(crawler, "capsolver/failed") == len(urls)
     assert sum("Closing spider" in r.getMessage() for r in caplog.records) == 1
-    assert sum(r.name == "scrapy_capsolver_ocr.solving.account" for r in caplog.records) == 1
+    assert sum(r.name == "scrapy_capsolver_ocr.engines.cloud.account" for r in caplog.records) == 1
 
 
 @pytest_twisted.ensureDeferred

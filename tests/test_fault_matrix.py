@@ -653,7 +653,7 @@ def check_closes(run: Run) -> None:
     assert run.stat("capsolver/task_count") - solved <= rounds * slots
     closing = [r for r in run.records if r.getMessage().startswith("Closing spider")]
     assert len(closing) == 1
-    fatal = [r for r in run.records if r.name == "scrapy_capsolver_ocr.solving.account"]
+    fatal = [r for r in run.records if r.name == "scrapy_capsolver_ocr.engines.cloud.account"]
     assert [r.levelno for r in fatal if r.levelno >= logging.ERROR] == [logging.ERROR]
 
 
@@ -786,7 +786,7 @@ def check_every_row(run: Run) -> None:
     messages = [r.getMessage() for r in run.records]
     assert not [m for m in messages if "Unhandled error" in m]
     errors = [r for r in run.records if r.levelno >= logging.ERROR]
-    assert [r for r in errors if r.name != "scrapy_capsolver_ocr.solving.account"] == []
+    assert [r for r in errors if r.name != "scrapy_capsolver_ocr.engines.cloud.account"] == []
     if run.fault.expect not in (Expect.CLOSES, Expect.BUDGET):
         assert errors == []
 

@@ -17,14 +17,14 @@ from test_state import on_reactor
 from scrapy_capsolver_ocr import CaptchaAccountError, CaptchaBudgetError, CaptchaOptionsError
 from scrapy_capsolver_ocr.api.errors import error_for_code
 from scrapy_capsolver_ocr.engines.base import CaptchaImage
+from scrapy_capsolver_ocr.engines.cloud.account import Account, AccountLimits
+from scrapy_capsolver_ocr.engines.cloud.retry import Retrier, RetryPolicy
 from scrapy_capsolver_ocr.engines.local.formats import ExpectedFormat
 from scrapy_capsolver_ocr.engines.local.gate import ConfidenceGate, Reading
 from scrapy_capsolver_ocr.engines.local.reader import LocalOptions, LocalReader
 from scrapy_capsolver_ocr.errors import CaptchaApiError, CaptchaFleetError
 from scrapy_capsolver_ocr.reactor import installed_reactor
-from scrapy_capsolver_ocr.solving.account import Account, AccountLimits
 from scrapy_capsolver_ocr.solving.options import SolveOptions, check_attempt, checked_options
-from scrapy_capsolver_ocr.solving.retry import Retrier, RetryPolicy
 from scrapy_capsolver_ocr.state.base import MemoryState, StateLimits
 
 T = TypeVar("T")

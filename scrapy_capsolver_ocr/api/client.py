@@ -1,8 +1,9 @@
 """One HTTP call to the CapSolver API over treq, and what its answer means.
 
 This module makes single calls and classifies their outcome into the exceptions of
-:mod:`.errors`; retries, pacing and stats live in :mod:`~scrapy_capsolver_ocr.solving.retry` and
-:mod:`~scrapy_capsolver_ocr.solving.account`, where they can be counted.
+:mod:`.errors`; retries, pacing and stats live in the cloud engine
+(:mod:`~scrapy_capsolver_ocr.engines.cloud.retry` and its account guard), where they can be
+counted.
 """
 
 from __future__ import annotations

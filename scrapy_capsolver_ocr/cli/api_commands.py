@@ -16,7 +16,7 @@ from scrapy.crawler import Crawler
 from scrapy.settings import Settings
 from scrapy.statscollectors import MemoryStatsCollector
 
-from ..engines.cloud import CloudReader
+from ..engines.cloud.reader import CloudReader
 from ..errors import CaptchaSolveError
 from ..integration.readers import cloud_reader
 from ..settings import SolverSettings

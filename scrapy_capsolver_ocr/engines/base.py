@@ -2,7 +2,7 @@
 is given.
 
 The solver asks its readers in turn; the first answer wins. The cloud reader
-(:class:`~scrapy_capsolver_ocr.engines.cloud.CloudReader`: CapSolver's API, with the cache,
+(:class:`~scrapy_capsolver_ocr.engines.cloud.reader.CloudReader`: CapSolver's API, with the cache,
 shared calls, budget and retries) always answers or raises; a reader that can decline, such
 as the local OCR reader when its confidence gate refuses a reading, returns None and the next
 one reads. Readers are built by whoever builds the solver, and told what became of answers.

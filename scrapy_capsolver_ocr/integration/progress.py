@@ -8,7 +8,7 @@ import logging
 from scrapy.statscollectors import StatsCollector
 from twisted.internet.task import LoopingCall
 
-from ..solving.account import Account
+from ..engines.cloud.account import Account
 from ..solving.solver import CaptchaSolver
 
 logger = logging.getLogger(__name__)

@@ -11,12 +11,12 @@ from scrapy.statscollectors import StatsCollector
 from ..api.client import CapSolverApi
 from ..api.image_task import TaskRunner
 from ..engines.base import ImageReader
-from ..engines.cloud import CloudReader
+from ..engines.cloud.account import Account, AccountLimits
+from ..engines.cloud.reader import CloudReader
+from ..engines.cloud.retry import Retrier, RetryPolicy
 from ..engines.local import require_ddddocr
 from ..reactor import installed_reactor
 from ..settings import SolverSettings
-from ..solving.account import Account, AccountLimits
-from ..solving.retry import Retrier, RetryPolicy
 from ..state.base import SolvingState
 
 

@@ -6,7 +6,7 @@ anything is spent on it, asks its readers in turn (:mod:`~scrapy_capsolver_ocr.e
 and keeps the ``capsolver/requested``, ``solved``, ``failed`` and ``solve_time`` stats.
 Whoever builds the solver builds its readers: with ``CAPSOLVER_LOCAL_OCR``, the local reader
 (:class:`~scrapy_capsolver_ocr.engines.local.reader.LocalReader`) first, then the cloud reader
-(:class:`~scrapy_capsolver_ocr.engines.cloud.CloudReader`), which paces, retries and counts
+(:class:`~scrapy_capsolver_ocr.engines.cloud.reader.CloudReader`), which paces, retries and counts
 every createTask call.
 """
 
@@ -25,8 +25,8 @@ from ..reactor import installed_reactor
 from ..settings import SolverSettings
 from ..solution import CaptchaSolution
 from ..state.base import SolvingState
+from ..state.housekeeping import quietly
 from .options import SolveOptions, check_attempt, checked_options
-from .retry import quietly
 
 logger = logging.getLogger(__name__)
 

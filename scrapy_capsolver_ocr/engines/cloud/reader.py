@@ -3,8 +3,8 @@
 :class:`CloudReader` is the last of the solver's readers: it always answers or raises. An
 image answered before (in any process of a fleet) comes from the crawl's state; one another
 caller is paying for already waits for that answer; else it pays for one createTask, with
-the leave of the :class:`~scrapy_capsolver_ocr.solving.account.Account` and retried under
-the :class:`~scrapy_capsolver_ocr.solving.retry.RetryPolicy`. Every createTask call is
+the leave of the :class:`~scrapy_capsolver_ocr.engines.cloud.account.Account` and retried under
+the :class:`~scrapy_capsolver_ocr.engines.cloud.retry.RetryPolicy`. Every createTask call is
 counted in ``capsolver/task_count``.
 """
 
@@ -16,21 +16,22 @@ from typing import Any
 
 from scrapy.statscollectors import StatsCollector
 
-from ..api.client import CapSolverApi
-from ..api.errors import answer_number, malformed_answer
-from ..api.image_task import TaskRunner, solution_from, task_payload
-from ..errors import (
+from ...api.client import CapSolverApi
+from ...api.errors import answer_number, malformed_answer
+from ...api.image_task import TaskRunner, solution_from, task_payload
+from ...errors import (
     CLOSE_ZERO_BALANCE,
     CaptchaAccountError,
     CaptchaBlockedError,
     CaptchaCrawlClosingError,
     CaptchaSolveError,
 )
-from ..solution import CAPSOLVER, CaptchaSolution
-from ..solving.account import Account
-from ..solving.retry import Retrier, quietly
-from ..state.base import SolvingState
-from .base import CaptchaImage
+from ...solution import CAPSOLVER, CaptchaSolution
+from ...state.base import SolvingState
+from ...state.housekeeping import quietly
+from ..base import CaptchaImage
+from .account import Account
+from .retry import Retrier
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from typing import TypeVar
 
 from scrapy.statscollectors import StatsCollector
 
-from ..errors import CaptchaAccountError, CaptchaApiError, CaptchaBlockedError, CaptchaFleetError
+from ...errors import CaptchaAccountError, CaptchaApiError, CaptchaBlockedError, CaptchaFleetError
+from ...state.housekeeping import count_error
 
 logger = logging.getLogger(__name__)
 
@@ -51,20 +52,6 @@ class RetryPolicy:
         retries of many requests that failed together."""
         ceiling = self.ceiling(retry)
         return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
-
-
-def count_error(stats: StatsCollector, exc: CaptchaApiError) -> None:
-    stats.inc_value(f"capsolver/error/{exc.error_code or type(exc).__name__}")
-
-
-async def quietly(stats: StatsCollector, operation: Awaitable[None], what: str) -> None:
-    """Housekeeping in the fleet state that must not fail a solve: a lost claim or permit
-    lapses on its own."""
-    try:
-        await operation
-    except CaptchaFleetError as exc:
-        count_error(stats, exc)
-        logger.warning("Could not %s in the fleet state: %s", what, exc)
 
 
 class Retrier:

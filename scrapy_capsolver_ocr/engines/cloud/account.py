@@ -21,8 +21,8 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.task import deferLater
 
-from ..api.client import missing_key_error
-from ..errors import (
+from ...api.client import missing_key_error
+from ...errors import (
     CLOSE_MAX_TASKS,
     CaptchaAccountError,
     CaptchaBlockedError,
@@ -31,9 +31,9 @@ from ..errors import (
     CaptchaFleetError,
     CaptchaSolveError,
 )
-from ..state.base import CallTicket, Pause, SolvingState, Stop
-from ..waiting import Waiters, take
-from .retry import quietly
+from ...state.base import CallTicket, Pause, SolvingState, Stop
+from ...state.housekeeping import quietly
+from ...waiting import Waiters, take
 
 logger = logging.getLogger(__name__)
 
