@@ -409,6 +409,10 @@ OLD_PATHS = {
     "scrapy_capsolver_ocr.injection.BoundAnswer": (
         "scrapy_capsolver_ocr.integration.injection.BoundAnswer"
     ),
+    # The page method a queued scrapy-playwright request pickles by name.
+    "scrapy_capsolver_ocr.browser_captcha.capture_element": (
+        "scrapy_capsolver_ocr.integration.playwright_pages.capture_element"
+    ),
     # Pickled into JOBDIR queues, and named by spiders' imports: not moved.
     **{
         path: path
