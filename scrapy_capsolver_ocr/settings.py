@@ -216,7 +216,7 @@ def _api_key(setting: Any) -> ApiKey | None:
 
 @dataclass(frozen=True)
 class SolverSettings:
-    """Every ``CAPSOLVER_*`` setting, validated. See the README for what each one means."""
+    """Every ``CAPSOLVER_*`` setting, validated. docs/settings.md says what each one means."""
 
     api_key: ApiKey | None
     api_url: str

@@ -2,7 +2,7 @@
 element on the live page, solves it and types the text in; the spider submits the form, and
 after a refused answer solves the fresh captcha of the same page.
 
-    pip install "scrapy-capsolver-ocr[playwright]"   # and a Chromium: see README.md
+    pip install "scrapy-capsolver-ocr[playwright]"   # and a Chromium: see docs/browser-pages.md
     scrapy crawl browser_login -a logins=3
 
 Each login has its own browser context, so its own cookies: its own session on the site.
@@ -51,7 +51,7 @@ class BrowserLoginSpider(LoginSpider):
         "DOWNLOAD_HANDLERS": {"http": PLAYWRIGHT_HANDLER, "https": PLAYWRIGHT_HANDLER},
         "PLAYWRIGHT_BROWSER_TYPE": "chromium",
         "PLAYWRIGHT_LAUNCH_OPTIONS": launch_options(),
-        # The browser's own form posts keep their Content-Type (see the plugin's README).
+        # The browser's own form posts keep their Content-Type (see docs/browser-pages.md).
         "PLAYWRIGHT_PROCESS_REQUEST_HEADERS": None,
     }
 
