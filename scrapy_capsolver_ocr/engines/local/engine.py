@@ -210,8 +210,9 @@ class OcrEngine:
         return self.first.alphabet(chars)
 
     def close(self) -> None:
-        """Stop the worker processes, if it reads in processes (they start again if it
-        reads once more). Blocks for as long as they take to exit: call it from a thread."""
+        """Stop the worker processes, if it reads in processes; reading in processes after
+        this raises RuntimeError. Blocks until they exit (each ends a read in progress
+        first): call it from a thread."""
         if self.processes is not None:
             self.processes.close()
 

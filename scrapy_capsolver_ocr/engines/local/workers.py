@@ -1,4 +1,5 @@
-"""The threads the local engine reads in, so that the reactor never waits for OCR.
+"""The threads the local engine reads in, so that the reactor never waits for OCR; and
+worker processes it can read in instead (:class:`WorkerProcesses`).
 
 A pool of its own (not the reactor's, which DNS lookups and other components share), with
 at most ``workers`` threads, created when first needed and stopped when the crawl ends.
