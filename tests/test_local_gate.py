@@ -159,10 +159,10 @@ def test_only_unsure_readings_want_a_second_opinion(first: Reading, wanted: bool
     assert wants_second_opinion(first) is wanted
 
 
-def test_agreeing_models_are_wrong_only_if_both_are() -> None:
-    revised = second_opinion(Reading("Ab12", 0.6), Reading("aB12", 0.5))
-    assert revised.text == "Ab12"  # the first model's spelling; sites ignore case
-    assert revised.confidence == pytest.approx(1 - 0.4 * 0.5)
+def test_when_the_models_agree_the_surer_one_stands() -> None:
+    revised = second_opinion(Reading("Ab12", 0.6), Reading("aB12", 0.8))
+    assert revised == Reading("Ab12", 0.8)  # the first model's spelling; sites ignore case
+    assert second_opinion(Reading("AB12", 0.6), Reading("AB12", 0.3)) == Reading("AB12", 0.6)
 
 
 def test_a_disagreeing_second_model_takes_its_share_of_the_confidence() -> None:

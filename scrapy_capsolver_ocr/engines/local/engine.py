@@ -11,7 +11,7 @@ differ from ``DdddOcr.classification()``, both measured on this project's captch
   two workers on two cores fight over them (one thread each roughly doubles throughput);
 - a reading that is neither sure nor hopeless is read again by ddddocr's other bundled
   model (``common.onnx``, its "beta"), and the confidence says whether the two agreed
-  (:func:`~.gate.second_opinion`): on the demo site's noisy captchas, about a quarter more
+  (:func:`~.gate.second_opinion`): on the demo site's noisy captchas, about a fifth more
   are answered locally at the same threshold, with fewer of those answers wrong.
 
 :meth:`OcrEngine.read` blocks for a few milliseconds: call it from worker threads only

@@ -147,15 +147,16 @@ def wants_second_opinion(first: Reading) -> bool:
 def second_opinion(first: Reading, second: Reading) -> Reading:
     """``first`` with its confidence revised by a second model's reading of the same image.
 
-    When both read the same text (ignoring case), the answer is wrong only if both models
-    are: the confidence is ``1 - (1 - c1) (1 - c2)``. When they differ, the first answer
-    keeps only the share of its confidence the second model leaves: ``c1 (1 - c2)``. On 2,000
-    of the demo site's noisy captchas, at the default threshold 0.7, this answered 53.5 %
-    locally, 97.8 % of them right, where the first model alone answered 42.9 %, 96.7 % right.
-    The text is always the first model's, the better reader of the two.
+    When both read the same text (ignoring case), the surer of the two stands: two models
+    trained apart seldom agree on a mistake. When they differ, the first answer keeps only
+    the share of its confidence the second model leaves: ``c1 (1 - c2)``. On 3,000 of the
+    demo site's noisy captchas, held out from the 2,000 this rule was chosen on, at the
+    default threshold 0.7: 53.5 % answered locally, 97.4 % of them right (1.4 % of the
+    captchas answered wrong), where the first model alone answered 45.3 %, 96.5 % right
+    (1.6 % wrong). The text is always the first model's, the better reader of the two.
     """
     if first.text and first.text.casefold() == second.text.casefold():
-        confidence = 1.0 - (1.0 - first.confidence) * (1.0 - second.confidence)
+        confidence = max(first.confidence, second.confidence)
     else:
         confidence = first.confidence * (1.0 - second.confidence)
     return Reading(first.text, confidence)
