@@ -18,13 +18,13 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "example_project" / "demo_site"))
+import local_throughput  # noqa: E402
 from bench_solving import (  # noqa: E402
     API_KEY,
     SERVERS,
@@ -73,12 +74,14 @@ class LocalPlan:
     warm_up: int = 20
     pages: int = 500
     local_solves: int = 200
-    throughput_images: int = 600
+    throughput_images: int = 300
     repeat: int = 3
+    #: Local-first login crawls per style, each with fresh captchas: the run-to-run spread.
+    runs: int = 3
 
 
 QUICK = LocalPlan(
-    calibration=300, logins=60, cloud_logins=20, pages=300, throughput_images=200, repeat=2
+    calibration=300, logins=60, cloud_logins=20, pages=300, throughput_images=100, repeat=2
 )
 
 
@@ -122,22 +125,46 @@ def login_figures(run: dict[str, Any], warm_up: int) -> dict[str, Any]:
     }
 
 
-def logins(plan: LocalPlan, mock_url: str, sites: dict[str, str], logs: Path) -> dict[str, Any]:
+def spread(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
+    values = sorted(run[key] for run in runs)
+    return {"min": values[0], "median": statistics.median(values), "max": values[-1]}
+
+
+def logins(
+    plan: LocalPlan,
+    mock_url: str,
+    sites: dict[str, str],
+    logs: Path,
+    styles: tuple[str, ...] = STYLES,
+    cloud: bool = True,
+) -> dict[str, Any]:
+    """Per style, ``plan.runs`` local-first crawls (the median one by paid calls per login
+    stands for the style, with the spread of all) and one CapSolver-only crawl."""
     results: dict[str, Any] = {}
-    for style in STYLES:
+    for style in styles:
         base = {"site": sites[style], "api": mock_url, "key": API_KEY, "at_once": plan.at_once}
-        say(f"logins on {style} captchas, local-first")
-        local = run_logins(
-            logs,
-            f"{style}-local",
-            {**base, "logins": plan.logins, "settings": {"CAPSOLVER_LOCAL_OCR": True}},
-        )
-        say(f"logins on {style} captchas, CapSolver only")
-        cloud = run_logins(logs, f"{style}-cloud", {**base, "logins": plan.cloud_logins})
+        runs = []
+        for run in range(plan.runs):
+            say(f"logins on {style} captchas, local-first, run {run + 1} of {plan.runs}")
+            local = run_logins(
+                logs,
+                f"{style}-local-{run}",
+                {**base, "logins": plan.logins, "settings": {"CAPSOLVER_LOCAL_OCR": True}},
+            )
+            runs.append(login_figures(local, plan.warm_up))
+        ranked = sorted(runs, key=lambda figures: figures["paid_per_login"])
         results[style] = {
-            "local_first": login_figures(local, plan.warm_up),
-            "cloud_only": login_figures(cloud, plan.warm_up),
+            "local_first": ranked[(len(ranked) - 1) // 2],
+            "local_first_runs": runs,
+            "spread": {
+                key: spread(runs, key)
+                for key in ("paid_per_login", "paid_per_login_steady", "refused_per_login")
+            },
         }
+        if cloud:
+            say(f"logins on {style} captchas, CapSolver only")
+            only = run_logins(logs, f"{style}-cloud", {**base, "logins": plan.cloud_logins})
+            results[style]["cloud_only"] = login_figures(only, plan.warm_up)
     return results
 
 
@@ -189,24 +216,36 @@ def calibration(plan: LocalPlan, engine: OcrEngine) -> dict[str, Any]:
     return results
 
 
-def throughput(plan: LocalPlan) -> list[dict[str, Any]]:
-    """Images per second of the engine alone, for 1 and 2 worker threads, with one
-    intra-op thread per session and with onnxruntime's default (one per core)."""
+def throughput(plan: LocalPlan) -> dict[str, Any]:
+    """Images per second of the engine alone in each way it can run, in paired rounds
+    (``local_throughput.py``), and where one image's time goes."""
     maker = CaptchaMaker.noisy()
     images = [maker.render(maker.new_answer()) for _ in range(plan.throughput_images)]
-    results = []
-    for intra_op in (1, 0):
-        engine = OcrEngine(intra_op_threads=intra_op)
-        for workers in (1, 2):
-            best = 0.0
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(engine.read, images[: 4 * workers]))  # sessions loaded
-                for _ in range(plan.repeat):
-                    started = time.perf_counter()
-                    list(pool.map(engine.read, images))
-                    best = max(best, len(images) / (time.perf_counter() - started))
-            results.append({"intra_op": intra_op or "default", "workers": workers, "rate": best})
-    return results
+    local_throughput.WARM_UP.extend(images[:4])
+    measured = local_throughput.measure(images, plan.repeat, local_throughput.CONFIGS)
+    measured["profile_ms"] = local_throughput.profile(images)
+    return measured
+
+
+def logins_only(plan: LocalPlan, styles: tuple[str, ...]) -> None:
+    logs = Path(tempfile.mkdtemp(prefix="bench-local-first-"))
+    with ExitStack() as servers:
+        mock, mock_url = start_server([str(SERVERS / "capsolver_mock.py"), "--key", API_KEY])
+        servers.callback(stop_server, mock)
+        sites = {}
+        for style in styles:
+            site, sites[style] = start_server(
+                [str(DEMO_SITE), "--port", "0", "--embed-answers", "--style", style]
+            )
+            servers.callback(stop_server, site)
+        results = logins(plan, mock_url, sites, logs, styles, cloud=False)
+    for style, figures in results.items():
+        for key, values in figures["spread"].items():
+            runs = ", ".join(f"{run[key]:.3f}" for run in figures["local_first_runs"])
+            say(
+                f"{style} {key}: min {values['min']:.3f} median {values['median']:.3f} "
+                f"max {values['max']:.3f} ({runs})"
+            )
 
 
 def main() -> None:
@@ -216,12 +255,26 @@ def main() -> None:
     parser.add_argument(
         "--report-from", type=Path, help="measure nothing: write the page from this JSON"
     )
+    parser.add_argument("--runs", type=int, help="local-first login crawls per style")
+    parser.add_argument(
+        "--logins-only",
+        metavar="STYLE",
+        nargs="+",
+        choices=STYLES,
+        help="measure only local-first logins on these styles and print their spread "
+        "(writes no page): how to compare two versions of the engine",
+    )
     args = parser.parse_args()
     if args.report_from:
         for path in write_report(json.loads(args.report_from.read_text()), args.out):
             say(f"wrote {path}")
         return
     plan = QUICK if args.quick else LocalPlan()
+    if args.runs is not None:
+        plan = replace(plan, runs=args.runs)
+    if args.logins_only:
+        logins_only(plan, tuple(args.logins_only))
+        return
     facts = machine_facts()
     command = "python benchmarks/bench_local_first.py " + shlex.join(sys.argv[1:])
     results: dict[str, Any] = {
@@ -254,6 +307,9 @@ def main() -> None:
         results["reactor"] = reactor(plan, mock_url, site_url, logs)
     facts["load_after"] = os.getloadavg()
     facts["total_seconds"] = time.perf_counter() - started
+    # Kept beside the logs too, so that a page that fails to render can be written again
+    # (--report-from) without measuring again.
+    (logs / "results.json").write_text(json.dumps(results, indent=1, default=str))
     for path in write_report(results, args.out):
         say(f"wrote {path}")
     say(f"logs in {logs}")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,18 @@ from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.task import deferLater
 
 from scrapy_capsolver_ocr.engines.local.engine import InvalidImageError, OcrEngine, model_input
-from scrapy_capsolver_ocr.engines.local.gate import passes
-from scrapy_capsolver_ocr.engines.local.workers import NICENESS, WorkerThreads
+from scrapy_capsolver_ocr.engines.local.gate import (
+    Reading,
+    passes,
+    second_opinion,
+    wants_second_opinion,
+)
+from scrapy_capsolver_ocr.engines.local.workers import (
+    NICENESS,
+    WorkerProcessDied,
+    WorkerProcesses,
+    WorkerThreads,
+)
 from scrapy_capsolver_ocr.settings import DEFAULT_LOCAL_MIN_CONFIDENCE, default_local_workers
 
 DIGITS = "0123456789"
@@ -99,7 +112,7 @@ def test_each_thread_has_its_own_single_threaded_session(engine: OcrEngine) -> N
     sessions = []
 
     def load() -> None:
-        sessions.append(engine._session())
+        sessions.append(engine.first.session())
 
     threads = [threading.Thread(target=load) for _ in range(2)]
     for thread in threads:
@@ -113,10 +126,142 @@ def test_each_thread_has_its_own_single_threaded_session(engine: OcrEngine) -> N
 
 def test_engine_loads_nothing_before_its_first_read(tmp_path: Path) -> None:
     fresh = OcrEngine()
-    assert fresh._model is None
+    assert fresh.first.loaded is None
     maker = demo_maker("digits")
     fresh.read(maker.render("1234"), DIGITS)
-    assert fresh._model is not None
+    assert fresh.first.loaded is not None
+
+
+def test_the_second_model_is_asked_only_about_unsure_readings() -> None:
+    fresh = OcrEngine()
+    assert fresh.second is not None
+    blank = fresh.read(png(Image.new("RGB", (160, 60), "white")), DIGITS)
+    assert blank == Reading("", 0.0)
+    assert fresh.second.loaded is None  # no text: nothing to ask about, nothing loaded
+    maker = demo_maker("noisy")
+    unsure = []
+    for _ in range(60):
+        body = maker.render(maker.new_answer())
+        first = fresh.first.read(model_input(body), maker.alphabet)
+        if wants_second_opinion(first):
+            unsure.append((body, first))
+    assert len(unsure) >= 10  # about half of the noisy captchas (docs/local-first.md)
+    for body, first in unsure[:10]:
+        second = fresh.second.read(model_input(body), maker.alphabet)
+        assert fresh.read(body, maker.alphabet) == second_opinion(first, second)
+    assert fresh.second.loaded is not None
+
+
+def test_without_a_second_opinion_the_first_model_alone_answers() -> None:
+    alone = OcrEngine(second_opinion=False)
+    assert alone.second is None
+    maker = demo_maker("noisy")
+    for _ in range(10):
+        body = maker.render(maker.new_answer())
+        assert alone.read(body, maker.alphabet) == alone.first.read(
+            model_input(body), maker.alphabet
+        )
+
+
+# Reading in worker processes
+
+
+def test_worker_processes_read_as_the_thread_would(engine: OcrEngine) -> None:
+    in_processes = OcrEngine(processes=1)
+    maker = demo_maker("digits")
+    try:
+        for _ in range(5):
+            body = maker.render(maker.new_answer())
+            assert in_processes.read(body, DIGITS) == engine.read(body, DIGITS)
+        with pytest.raises(InvalidImageError):
+            in_processes.read(b"not an image", DIGITS)
+        assert in_processes.processes is not None
+        [pid] = in_processes.processes.processes
+    finally:
+        in_processes.close()
+    assert process_ended(pid)
+    with pytest.raises(RuntimeError, match="stopped"):
+        in_processes.read(maker.render("1234"), DIGITS)
+
+
+@pytest.fixture
+def scripted_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerProcesses]:
+    """Worker processes running :func:`worker_readers.scripted`."""
+    tests = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    workers = WorkerProcesses(2, "worker_readers.scripted", {"exit_code": 3})
+    yield workers
+    workers.close()
+
+
+def process_ended(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_worker_process_that_dies_while_reading_fails_that_read_only(
+    scripted_workers: WorkerProcesses,
+) -> None:
+    first_pid = scripted_workers.call("pid")
+    started = time.monotonic()
+    with pytest.raises(WorkerProcessDied, match=r"exited \(code 3\) while reading"):
+        scripted_workers.call("crash")
+    assert time.monotonic() - started < 10  # an error, not a hang
+    assert process_ended(first_pid)
+    # The next read gets a new process.
+    assert scripted_workers.call("pid") != first_pid
+    assert scripted_workers.call("image", 1) == ("image", 1)
+
+
+def test_a_worker_process_killed_while_idle_is_replaced_unnoticed(
+    scripted_workers: WorkerProcesses,
+) -> None:
+    pid = scripted_workers.call("pid")
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    assert scripted_workers.call("pid") != pid
+    assert process_ended(pid)  # and the dead one was collected, not left a zombie
+
+
+def test_errors_and_prints_in_a_worker_process(scripted_workers: WorkerProcesses) -> None:
+    with pytest.raises(ValueError, match="no such image"):
+        scripted_workers.call("fail")
+    assert scripted_workers.call("print") == ("print",)  # its print did not corrupt the pipe
+    assert scripted_workers.call("again") == ("again",)
+
+
+def test_at_most_the_given_number_of_worker_processes_read_at_once(
+    scripted_workers: WorkerProcesses,
+) -> None:
+    with ThreadPoolExecutor(6) as pool:
+        pids = set(pool.map(lambda _: scripted_workers.call("pid"), range(12)))
+        list(pool.map(lambda _: scripted_workers.call("sleep"), range(4)))
+    assert 1 <= len(pids) <= 2
+    assert len(scripted_workers.processes) <= 2
+
+
+def test_closing_waits_for_a_read_in_progress_then_stops_its_process(
+    scripted_workers: WorkerProcesses,
+) -> None:
+    pid = scripted_workers.call("pid")
+    with ThreadPoolExecutor(1) as pool:
+        sleeping = pool.submit(scripted_workers.call, "sleep")
+        time.sleep(0.2)
+        scripted_workers.close()
+        assert sleeping.result(timeout=10) == ("sleep",)
+    assert process_ended(pid)
+    assert scripted_workers.processes == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_worker_processes_yield_the_cpu_to_the_crawl(scripted_workers: WorkerProcesses) -> None:
+    assert scripted_workers.call("nice") == os.getpriority(os.PRIO_PROCESS, 0) + NICENESS
 
 
 # The worker threads: awaited as Scrapy awaits them (in an asyncio task on that reactor)

@@ -15,11 +15,15 @@ from scrapy_capsolver_ocr.engines.local.formats import (
     site_of,
 )
 from scrapy_capsolver_ocr.engines.local.gate import (
+    SECOND_OPINION_ABOVE,
+    SECOND_OPINION_BELOW,
     Alphabet,
     Reading,
     passes,
     read_best_path,
+    second_opinion,
     softmax,
+    wants_second_opinion,
 )
 
 # A charset shaped like ddddocr's: the blank first, both cases of letters, digits, and a
@@ -138,6 +142,42 @@ def test_gate(reading: Reading, lengths: set[int] | None, threshold: float, expe
 
 
 # What a site's captchas look like
+
+
+@pytest.mark.parametrize(
+    ("first", "wanted"),
+    [
+        (Reading("AB12", SECOND_OPINION_BELOW), True),
+        (Reading("AB12", 0.5), True),
+        (Reading("AB12", SECOND_OPINION_ABOVE - 1e-9), True),
+        (Reading("AB12", SECOND_OPINION_ABOVE), False),  # sure enough alone
+        (Reading("AB12", SECOND_OPINION_BELOW - 1e-9), False),  # hopeless alone
+        (Reading("", 0.5), False),  # nothing to agree on
+    ],
+)
+def test_only_unsure_readings_want_a_second_opinion(first: Reading, wanted: bool) -> None:
+    assert wants_second_opinion(first) is wanted
+
+
+def test_when_the_models_agree_the_surer_one_stands() -> None:
+    revised = second_opinion(Reading("Ab12", 0.6), Reading("aB12", 0.8))
+    assert revised == Reading("Ab12", 0.8)  # the first model's spelling; sites ignore case
+    assert second_opinion(Reading("AB12", 0.6), Reading("AB12", 0.3)) == Reading("AB12", 0.6)
+
+
+def test_a_disagreeing_second_model_takes_its_share_of_the_confidence() -> None:
+    revised = second_opinion(Reading("AB12", 0.6), Reading("AB17", 0.75))
+    assert revised == Reading("AB12", pytest.approx(0.6 * 0.25))
+    # A second model that read nothing leaves the first reading as it was.
+    assert second_opinion(Reading("AB12", 0.6), Reading("", 0.0)) == Reading("AB12", 0.6)
+
+
+def test_the_revised_confidence_stays_a_probability() -> None:
+    for c1 in (0.0, 0.2, 0.5, 0.89, 1.0):
+        for c2 in (0.0, 0.3, 1.0):
+            for second in ("AB12", "XY"):
+                confidence = second_opinion(Reading("AB12", c1), Reading(second, c2)).confidence
+                assert 0.0 <= confidence <= 1.0
 
 
 def test_site_is_the_origin_of_the_page_else_of_the_image() -> None:

@@ -2,7 +2,8 @@
 it does not know.
 
 - :mod:`.gate`: the confidence maths, pure functions on the model's probabilities.
-- :mod:`.engine`: ddddocr's model, one onnxruntime session per worker thread.
+- :mod:`.engine`: ddddocr's two models (the second asked when the first is unsure), an
+  onnxruntime session of each per worker thread.
 - :mod:`.workers`: the thread pool the engine reads in, off the reactor thread.
 - :mod:`.formats`: the length and characters expected of a site's captchas, given or learnt.
 - :mod:`.reader`: :class:`~.reader.LocalReader`, the reader the solver asks before CapSolver.

@@ -8,7 +8,11 @@ differ from ``DdddOcr.classification()``, both measured on this project's captch
   noisy captchas with it (1.5.6 gives exactly these answers);
 - each worker thread has its own onnxruntime session with one intra-op thread: onnxruntime
   releases the GIL while it runs, and its default of one thread per core per session makes
-  two workers on two cores fight over them (one thread each roughly doubles throughput).
+  two workers on two cores fight over them (one thread each roughly doubles throughput);
+- a reading that is neither sure nor hopeless is read again by ddddocr's other bundled
+  model (``common.onnx``, its "beta"), and the confidence says whether the two agreed
+  (:func:`~.gate.second_opinion`): on the demo site's noisy captchas, about a fifth more
+  are answered locally at the same threshold, with fewer of those answers wrong.
 
 :meth:`OcrEngine.read` blocks for a few milliseconds: call it from worker threads only
 (:mod:`.workers`), never on the reactor thread.
@@ -19,18 +23,30 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import InvalidImageError, require_ddddocr
-from .gate import Alphabet, Array, Reading, read_best_path, softmax
+from .gate import (
+    Alphabet,
+    Array,
+    Reading,
+    read_best_path,
+    second_opinion,
+    softmax,
+    wants_second_opinion,
+)
+from .workers import WorkerProcesses
 
 __all__ = ["InvalidImageError", "OcrEngine", "model_input"]
 
 #: The recogniser ``DdddOcr()`` loads by default, beside ddddocr's ``__init__.py``.
 MODEL_FILE = "common_old.onnx"
+#: The recogniser ``DdddOcr(beta=True)`` loads: the second opinion.
+SECOND_MODEL_FILE = "common.onnx"
 #: The model reads images scaled to this height.
 HEIGHT = 64
 #: Time and memory grow with the scaled width (0.7 s and 60 MiB at 4096 px, a minute and
@@ -74,37 +90,34 @@ def model_input(image: bytes, max_pixels: int | None = None) -> Array:
     return ((values - 0.5) / 0.5)[np.newaxis, np.newaxis]
 
 
-class OcrEngine:
-    """Reads captcha images with ddddocr's model; thread-safe, each thread with its own
-    session. Raises :class:`~scrapy_capsolver_ocr.engines.local.OcrUnavailableError` at once
-    when ddddocr is not installed; the model itself loads in the first thread that reads."""
+class _Model:
+    """One of ddddocr's recognisers: its file, its charset (both found on first use), the
+    alphabets built over that charset, and one onnxruntime session per thread."""
 
-    def __init__(self, intra_op_threads: int = 1) -> None:
-        require_ddddocr("Local OCR")
+    def __init__(self, file: str, beta: bool, intra_op_threads: int) -> None:
+        self._file = file
+        self._beta = beta
         self._intra_op_threads = intra_op_threads
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._model: tuple[str, list[str]] | None = None
+        self.loaded: tuple[str, list[str]] | None = None
+        #: onnxruntime's GraphOptimizationLevel for sessions made from now on (None: its
+        #: default, all optimisations); the throughput benchmark compares them.
+        self.graph_optimization_level: Any = None
         self._alphabets: OrderedDict[str | None, Alphabet] = OrderedDict()
 
-    def read(
-        self, image: bytes, chars: str | None = None, max_pixels: int | None = None
-    ) -> Reading:
-        """The text of ``image`` over the alphabet ``chars`` (None: any character the model
-        knows), and its confidence. Raises :class:`InvalidImageError`. Blocks."""
-        return read_best_path(self.probabilities(image, max_pixels), self.alphabet(chars))
+    def read(self, values: Array, chars: str | None) -> Reading:
+        return read_best_path(self.probabilities(values), self.alphabet(chars))
 
-    def probabilities(self, image: bytes, max_pixels: int | None = None) -> Array:
-        """The model's probabilities for ``image``: frames x charset. Blocks."""
-        session = self._session()
-        values = model_input(image, max_pixels)
+    def probabilities(self, values: Array) -> Array:
+        session = self.session()
         logits = session.run(None, {session.get_inputs()[0].name: values})[0]
         probabilities = softmax(logits)
-        charset = self._charset()
+        charset = self.charset()
         if probabilities.shape[1] != len(charset):
             raise RuntimeError(
-                f"ddddocr's model gives {probabilities.shape[1]} classes but its charset has "
-                f"{len(charset)}: reinstall ddddocr ({len(charset)} expected)"
+                f"ddddocr's model {self._file} gives {probabilities.shape[1]} classes but its "
+                f"charset has {len(charset)}: reinstall ddddocr"
             )
         return probabilities
 
@@ -114,27 +127,27 @@ class OcrEngine:
             if alphabet is not None:
                 self._alphabets.move_to_end(chars)
                 return alphabet
-        built = Alphabet(self._charset(), chars)
+        built = Alphabet(self.charset(), chars)
         with self._lock:
             self._alphabets[chars] = built
             while len(self._alphabets) > _ALPHABETS:
                 self._alphabets.popitem(last=False)
         return built
 
-    def _charset(self) -> list[str]:
+    def charset(self) -> list[str]:
         return self._loaded()[1]
 
     def _loaded(self) -> tuple[str, list[str]]:
         with self._lock:
-            if self._model is None:
+            if self.loaded is None:
                 import ddddocr
 
                 # The charset through ddddocr's public API; it costs one session, once.
-                charset = list(ddddocr.DdddOcr(show_ad=False).get_charset())
-                self._model = (str(Path(ddddocr.__file__).parent / MODEL_FILE), charset)
-            return self._model
+                charset = list(ddddocr.DdddOcr(show_ad=False, beta=self._beta).get_charset())
+                self.loaded = (str(Path(ddddocr.__file__).parent / self._file), charset)
+            return self.loaded
 
-    def _session(self) -> Any:
+    def session(self) -> Any:
         session = getattr(self._local, "session", None)
         if session is None:
             import onnxruntime
@@ -145,8 +158,65 @@ class OcrEngine:
             # The model declares a 1 x seqlen output; onnxruntime would warn at every run
             # that the real one (frames x 1 x classes) differs.
             options.log_severity_level = 3
+            if self.graph_optimization_level is not None:
+                options.graph_optimization_level = self.graph_optimization_level
             session = onnxruntime.InferenceSession(
                 self._loaded()[0], options, providers=["CPUExecutionProvider"]
             )
             self._local.session = session
         return session
+
+
+class OcrEngine:
+    """Reads captcha images with ddddocr's models; thread-safe, each thread with its own
+    sessions. Raises :class:`~scrapy_capsolver_ocr.engines.local.OcrUnavailableError` at once
+    when ddddocr is not installed; each model loads in the first thread that needs it (the
+    second one only when a reading first wants its opinion). ``second_opinion=False`` reads
+    with the first model alone: faster, fewer captchas answered at a given threshold."""
+
+    def __init__(
+        self, intra_op_threads: int = 1, *, second_opinion: bool = True, processes: int = 0
+    ) -> None:
+        require_ddddocr("Local OCR")
+        self.first = _Model(MODEL_FILE, False, intra_op_threads)
+        self.second = _Model(SECOND_MODEL_FILE, True, intra_op_threads) if second_opinion else None
+        self.processes: WorkerProcesses | None = None
+        if processes:
+            setup = {"intra_op_threads": intra_op_threads, "second_opinion": second_opinion}
+            self.processes = WorkerProcesses(processes, f"{__name__}.reader_of", setup)
+
+    def read(
+        self, image: bytes, chars: str | None = None, max_pixels: int | None = None
+    ) -> Reading:
+        """The text of ``image`` over the alphabet ``chars`` (None: any character the model
+        knows), and its confidence. Raises :class:`InvalidImageError`, and
+        :class:`~.workers.WorkerProcessDied` when it reads in processes and the one reading
+        this image died. Blocks."""
+        if self.processes is not None:
+            reading: Reading = self.processes.call(image, chars, max_pixels)
+            return reading
+        values = model_input(image, max_pixels)
+        reading = self.first.read(values, chars)
+        if self.second is not None and wants_second_opinion(reading):
+            reading = second_opinion(reading, self.second.read(values, chars))
+        return reading
+
+    def probabilities(self, image: bytes, max_pixels: int | None = None) -> Array:
+        """The first model's probabilities for ``image``: frames x charset. Blocks."""
+        return self.first.probabilities(model_input(image, max_pixels))
+
+    def alphabet(self, chars: str | None) -> Alphabet:
+        """The first model's alphabet of ``chars``."""
+        return self.first.alphabet(chars)
+
+    def close(self) -> None:
+        """Stop the worker processes, if it reads in processes; reading in processes after
+        this raises RuntimeError. Blocks until they exit (each ends a read in progress
+        first): call it from a thread."""
+        if self.processes is not None:
+            self.processes.close()
+
+
+def reader_of(intra_op_threads: int, second_opinion: bool) -> Callable[..., Reading]:
+    """What a worker process reads with: an engine of its own, reading in its own thread."""
+    return OcrEngine(intra_op_threads, second_opinion=second_opinion).read
