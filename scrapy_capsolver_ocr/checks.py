@@ -109,6 +109,20 @@ def check_redis_url(name: str, value: Any) -> str:
     return value.strip()
 
 
+def check_sentinel(name: str, entry: Any) -> tuple[str, int]:
+    """One sentinel, ``host:port`` (port default 26379, Sentinel's own)."""
+    allowed = "a list of 'host:port' (port default 26379)"
+    if not isinstance(entry, str) or not entry.strip():
+        raise invalid(name, entry, allowed)
+    host, colon, port = entry.strip().rpartition(":")
+    if not colon or "]" in port:  # no port, or an IPv6 address without one
+        host, port = entry.strip(), "26379"
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise invalid(name, entry, allowed)
+    return host, int(port)
+
+
 def is_loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":

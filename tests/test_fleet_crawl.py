@@ -114,10 +114,10 @@ def test_fleet_status_of_a_fleet_that_never_ran(redis_url: str) -> None:
 async def test_a_missing_redis_extra_is_named_at_crawl_start(
     capsolver: CapSolverMock, image_site: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "hiredis", None)  # as if it was never installed
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if it was never installed
     for module in (
         "scrapy_capsolver_ocr.state.redis_state",
-        "scrapy_capsolver_ocr.state.redis_client",
+        "scrapy_capsolver_ocr.state.redis_connection",
     ):
         monkeypatch.delitem(sys.modules, module, raising=False)
     settings = fleet_settings(capsolver, "redis://:secret@127.0.0.1:6379/0")
