@@ -191,7 +191,8 @@ def _redis_topology(
                 "CAPSOLVER_REDIS_SENTINELS",
                 [f"{host}:{port}" for host, port in sentinels],
                 "sentinels beside CAPSOLVER_REDIS_URL = 'redis://[user:password@]<master "
-                "name>[/db]' (or rediss://), whose host is the name Sentinel knows the master by",
+                "name>[/db]' (or rediss://), whose host (without a port) is the name Sentinel "
+                "knows the master by",
             )
         if cluster:
             raise invalid(

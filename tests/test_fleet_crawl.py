@@ -30,6 +30,7 @@ def fleet_command(*args: str) -> subprocess.CompletedProcess[str]:
     return run_command("fleet", *args, timeout=60, text=True)
 
 
+@pytest.mark.asyncio_reactor
 @pytest_twisted.ensureDeferred
 async def test_a_stop_recorded_by_another_process_closes_this_crawl(
     capsolver: CapSolverMock, image_site: str, redis_url: str
@@ -56,6 +57,7 @@ async def test_a_stop_recorded_by_another_process_closes_this_crawl(
     }
 
 
+@pytest.mark.asyncio_reactor
 @pytest_twisted.ensureDeferred
 async def test_fleet_figures_in_stats_the_progress_line_and_fleet_status(
     capsolver: CapSolverMock, image_site: str, redis_url: str, caplog: Any
