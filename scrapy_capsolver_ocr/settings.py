@@ -275,7 +275,8 @@ class SolverSettings:
     cache_ttl: float
     budget_period: float
     fleet_concurrency: int
-    redis_url: str | None
+    #: Left out of the repr: it may hold the Redis password (RedisState's repr shows it masked).
+    redis_url: str | None = dataclasses.field(repr=False)
     #: The fleet's name; None: the spider's name.
     fleet: str | None
     add_request_slots: bool

@@ -26,7 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.connection import SSLConnection, parse_url
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ..checks import redact_url
 from .redis_scripts import CLUSTER_PREFIX, PREFIX
@@ -42,9 +42,15 @@ RETRIES = 2
 #: The most connections one process opens to one server; solves beyond it wait for one.
 MAX_CONNECTIONS = 64
 
-#: What counts as Redis being unreachable or refusing: every redis-py error, and the socket
-#: and timeout errors that can escape it while a connection is being made or torn down.
-UNAVAILABLE: tuple[type[Exception], ...] = (RedisError, OSError, asyncio.TimeoutError)
+#: What counts as Redis being unreachable or refusing: every redis-py error (the Cluster
+#: client's own base class is apart from the others), and the socket and timeout errors that
+#: can escape it while a connection is being made or torn down.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 Client = Any  # redis.asyncio.Redis or RedisCluster: both run commands and scripts alike
 
