@@ -137,7 +137,10 @@ class RedisTarget:
                 "socket_timeout": self.reply_timeout,
             },
         )
-        return sentinel.master_for(service, max_connections=MAX_CONNECTIONS, **options, **master)
+        # The URL's own query options (socket_timeout=...) win, as redis-py's from_url does.
+        return sentinel.master_for(
+            service, **{**options, "max_connections": MAX_CONNECTIONS, **master}
+        )
 
 
 async def close_client(client: Client) -> None:
