@@ -15,6 +15,9 @@ import pytest_twisted
 import redis
 from conftest import CapSolverMock, run_command
 from crawling import RecordingSpider, crawl, solver_settings, stat
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from scrapy_capsolver_ocr.errors import CLOSE_BLOCKED
 
@@ -35,16 +38,26 @@ def fleet_command(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_a_stop_recorded_by_another_process_closes_this_crawl(
     capsolver: CapSolverMock, image_site: str, redis_url: str
 ) -> None:
-    from twisted.internet import reactor
-
     capsolver.configure(latency=0.3)
     settings = fleet_settings(capsolver, redis_url, CAPSOLVER_CONCURRENCY=2)
     stop_key = f"capsolver:fleet:{settings['CAPSOLVER_FLEET']}:stop"
     client = redis.Redis.from_url(redis_url)
-    # What a second block in another process of the fleet leaves behind.
-    reactor.callLater(1.0, client.set, stop_key, CLOSE_BLOCKED, px=60_000)
+
+    async def stop_once_paying() -> None:
+        # What a second block in another process of the fleet leaves behind, once this crawl
+        # pays (not at a fixed time: a loaded machine may take longer than that to start).
+        while not await maybe_deferred_to_future(deferToThread(capsolver.calls)):
+            await maybe_deferred_to_future(deferLater(reactor, 0.05, lambda: None))
+        await maybe_deferred_to_future(
+            deferToThread(client.set, stop_key, CLOSE_BLOCKED, px=60_000)
+        )
+
+    from twisted.internet import reactor
+
+    stopping = deferred_from_coro(stop_once_paying())
     urls = [f"{image_site}/captcha/stopped{i}.png" for i in range(40)]
     crawler = await crawl(RecordingSpider, settings, urls=urls)
+    await stopping
     client.close()
     spider: Any = crawler.spider
 

@@ -27,6 +27,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.exceptions import RedisClusterException, RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from ..checks import redact_url
 from .redis_scripts import CLUSTER_PREFIX, PREFIX
@@ -112,6 +113,10 @@ class RedisTarget:
             "socket_timeout": self.reply_timeout,
             "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), self.retries),
             "health_check_interval": 30,
+            # The probe for Redis Enterprise's maintenance notifications fails on every new
+            # connection to open-source Redis (a DEBUG line each); fleet mode has no use for
+            # them: a failover is bridged by the retries.
+            "maint_notifications_config": MaintNotificationsConfig(enabled=False),
         }
 
     def client(self) -> Client:
