@@ -241,14 +241,16 @@ async def test_a_sentinel_failover_pauses_paying_and_solving_resumes_on_the_new_
 
     servers = RedisSentinelServers(
         redis_binary, _redis_tool("redis-sentinel"), password=TOPOLOGY_PASSWORD
-    ).start()
-    state = RedisState(
-        RedisTarget(servers.url, servers.sentinels),
-        fresh_fleet(),
-        ApiKey(API_KEY),
-        StateLimits(max_tasks=100),
     )
+    state: RedisState | None = None
     try:
+        servers.start()
+        state = RedisState(
+            RedisTarget(servers.url, servers.sentinels),
+            fresh_fleet(),
+            ApiKey(API_KEY),
+            StateLimits(max_tasks=100),
+        )
         await state.open()
         assert isinstance(await state.begin_call(), CallTicket)
         servers.master.command("WAIT", "1", "5000")  # the replica has the count
@@ -272,7 +274,8 @@ async def test_a_sentinel_failover_pauses_paying_and_solving_resumes_on_the_new_
         # The replica had the first count: the budget goes on from it.
         assert figures.tasks_used == 2
     finally:
-        await state.close()
+        if state is not None:
+            await state.close()
         servers.stop()
 
 
