@@ -12,7 +12,9 @@ image site, all on this machine.
    (distinct images / 8 calls at a time x 0.3 s).
 
 Writes ``OUT.md`` and ``OUT.json``; ``--report-from OUT.json`` writes the page again from
-them without measuring. Needs ``redis-server`` (or ``REDIS_SERVER``).
+them without measuring. ``--before OLD.json --before-label TEXT`` states, beside the new
+figures, the overhead measured by an earlier run (another version of the code). Needs
+``redis-server`` (or ``REDIS_SERVER``).
 """
 
 from __future__ import annotations
@@ -127,9 +129,15 @@ def main() -> None:
     parser.add_argument(
         "--report-from", type=Path, help="measure nothing: write the page from this JSON"
     )
+    parser.add_argument("--before", type=Path, help="the JSON of an earlier run, to compare")
+    parser.add_argument("--before-label", default="the previous version", help="what it ran")
     args = parser.parse_args()
     if args.report_from:
-        args.out.with_suffix(".md").write_text(markdown(json.loads(args.report_from.read_text())))
+        report = json.loads(args.report_from.read_text())
+        if args.before:  # a comparison added to figures measured already
+            report = with_before(report, args.before, args.before_label)
+            args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(report))
         return
     binary = redis_binary()
     if binary is None:
@@ -180,9 +188,24 @@ def main() -> None:
         "ideal_seconds": round(ideal, 2),
         "wall_over_ideal": round(capped["api_seconds"] / ideal, 3),
     }
+    if args.before:
+        report = with_before(report, args.before, args.before_label)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
+
+
+def with_before(report: dict[str, Any], path: Path, label: str) -> dict[str, Any]:
+    """``report`` with the overhead figures of the earlier run in ``path``."""
+    earlier = json.loads(path.read_text())
+    before = {
+        "label": label,
+        "date": earlier["date"],
+        "overhead_ratio": earlier["overhead_ratio"],
+        "median_solves_per_second": earlier["median_solves_per_second"],
+        "overhead": earlier["overhead"],
+    }
+    return {**report, "before": before}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -220,6 +243,28 @@ def markdown(report: dict[str, Any]) -> str:
         ),
     ]
     table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    return _page(report, table, runs) + _before(report)
+
+
+def _before(report: dict[str, Any]) -> str:
+    before = report.get("before")
+    if not before:
+        return ""
+    rates = before["median_solves_per_second"]
+    runs = ", ".join(
+        f"{mode}: " + " / ".join(str(r["solves_per_second"]) for r in before["overhead"][mode])
+        for mode in ("memory", "redis")
+    )
+    return f"""
+Against an earlier run: {before["label"]}, the same command on {before["date"]}: Redis
+against memory mode {before["overhead_ratio"]} ({rates["redis"]} against {rates["memory"]}
+solves/s, medians; runs: {runs}). Now {report["overhead_ratio"]}. Runs of one mode vary by
+up to two times on a machine shared with other work: a ratio near or above 1 says the Redis
+round trips are lost in that noise, not that fleet mode is faster.
+"""
+
+
+def _page(report: dict[str, Any], table: str, runs: str) -> str:
     return f"""# Fleet mode benchmark
 
 `{report["command"]}` on {report["date"]} ({report["machine"]}, {report["cores"]} cores):

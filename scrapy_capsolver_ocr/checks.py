@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 #: The ``score`` CapSolver accepts for an image task.
 SCORE_RANGE = (0.8, 1.0)
@@ -106,7 +106,28 @@ def check_redis_url(name: str, value: Any) -> str:
         valid = False
     if not valid:
         raise invalid(name, redact_url(value.strip()), allowed)
+    database = parse_qs(parts.query).get("db", [""])[-1]
+    if parts.scheme != "unix":
+        database = database or parts.path.strip("/")
+    if database and not database.isdigit():
+        # Caught here, where the message can leave the password out; redis-py would fail
+        # later, at the first connection.
+        raise invalid(name, redact_url(value.strip()), f"{allowed} whose database is a number")
     return value.strip()
+
+
+def check_sentinel(name: str, entry: Any) -> tuple[str, int]:
+    """One sentinel, ``host:port`` (port default 26379, Sentinel's own)."""
+    allowed = "a list of 'host:port' (port default 26379)"
+    if not isinstance(entry, str) or not entry.strip():
+        raise invalid(name, entry, allowed)
+    host, colon, port = entry.strip().rpartition(":")
+    if not colon or "]" in port:  # no port, or an IPv6 address without one
+        host, port = entry.strip(), "26379"
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise invalid(name, entry, allowed)
+    return host, int(port)
 
 
 def is_loopback(url: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import math
@@ -21,10 +22,12 @@ from .checks import (
     check_length,
     check_redis_url,
     check_score,
+    check_sentinel,
     check_text,
     check_url,
     invalid,
     is_loopback,
+    redact_url,
 )
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -183,6 +186,47 @@ def refuse_reactorless(settings: BaseSettings) -> None:
     )
 
 
+def _redis_topology(
+    read: _Reader, redis_url: str | None
+) -> tuple[tuple[tuple[str, int], ...], bool]:
+    """CAPSOLVER_REDIS_SENTINELS and CAPSOLVER_REDIS_CLUSTER, checked against the URL."""
+    cluster = read.boolean("CAPSOLVER_REDIS_CLUSTER", False)
+    read.names.add("CAPSOLVER_REDIS_SENTINELS")
+    try:
+        entries = read.settings.getlist("CAPSOLVER_REDIS_SENTINELS")
+    except (TypeError, ValueError):
+        entries = [read.settings.get("CAPSOLVER_REDIS_SENTINELS")]
+    sentinels = tuple(check_sentinel("CAPSOLVER_REDIS_SENTINELS", entry) for entry in entries)
+    parts = urlsplit(redis_url or "")
+    if sentinels:
+        if redis_url is None or parts.scheme == "unix" or parts.port is not None:
+            raise invalid(
+                "CAPSOLVER_REDIS_SENTINELS",
+                [f"{host}:{port}" for host, port in sentinels],
+                "sentinels beside CAPSOLVER_REDIS_URL = 'redis://[user:password@]<master "
+                "name>[/db]' (or rediss://), whose host (without a port) is the name Sentinel "
+                "knows the master by",
+            )
+        if cluster:
+            raise invalid(
+                "CAPSOLVER_REDIS_CLUSTER", True, "False when CAPSOLVER_REDIS_SENTINELS is set"
+            )
+    if cluster:
+        if redis_url is None or parts.scheme == "unix":
+            raise invalid(
+                "CAPSOLVER_REDIS_CLUSTER",
+                True,
+                "True only beside a redis:// or rediss:// CAPSOLVER_REDIS_URL naming a node",
+            )
+        if parts.path.strip("/") not in ("", "0"):
+            raise invalid(
+                "CAPSOLVER_REDIS_URL",
+                redact_url(redis_url),
+                "database 0 (the only one) when CAPSOLVER_REDIS_CLUSTER is True",
+            )
+    return sentinels, cluster
+
+
 def _warn_unknown(settings: BaseSettings, known: set[str]) -> None:
     """A misspelt setting would otherwise be ignored without a word."""
     for name in sorted(n for n in settings if str(n).startswith(SETTINGS_PREFIX)):
@@ -246,7 +290,8 @@ class SolverSettings:
     cache_ttl: float
     budget_period: float
     fleet_concurrency: int
-    redis_url: str | None
+    #: Left out of the repr: it may hold the Redis password (RedisState's repr shows it masked).
+    redis_url: str | None = dataclasses.field(repr=False)
     #: The fleet's name; None: the spider's name.
     fleet: str | None
     add_request_slots: bool
@@ -255,6 +300,10 @@ class SolverSettings:
     local_length: int | None
     local_charset: str | None
     local_workers: int
+    #: Fleet mode through Sentinel: (host, port) of each sentinel; the URL's host names the master.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    #: Fleet mode on a Redis Cluster: the URL names any node.
+    redis_cluster: bool = False
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> SolverSettings:
@@ -320,5 +369,7 @@ class SolverSettings:
                 "CAPSOLVER_LOCAL_WORKERS", default_local_workers(), minimum=1
             ),
         )
+        sentinels, cluster = _redis_topology(read, config.redis_url)
+        config = dataclasses.replace(config, redis_sentinels=sentinels, redis_cluster=cluster)
         _warn_unknown(settings, read.names)
         return config

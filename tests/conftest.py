@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import redis_server
+from servers import redis_server, redis_topologies
 from servers.process import running_server
 
 SERVERS = Path(__file__).parent / "servers"
@@ -147,6 +147,56 @@ def redis_url() -> Iterator[str]:
     server = redis_server.RedisServer(binary, tcp=True).start()
     try:
         yield server.url
+    finally:
+        server.stop()
+
+
+def _redis_tool(name: str) -> str:
+    binary = redis_server.redis_binary(name)
+    if binary is None:
+        _no_redis(f"no {name}: install it (apt-get install redis-server redis-sentinel)")
+    assert binary is not None
+    return binary
+
+
+#: The password of the Cluster's and the Sentinel's Redis: the fleet tests check that it shows
+#: nowhere.
+TOPOLOGY_PASSWORD = "topo-s3cret"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_binary: str) -> Iterator[redis_topologies.RedisClusterServers]:
+    """A Redis Cluster of three masters, with a password, for the session."""
+    cluster = redis_topologies.RedisClusterServers(
+        redis_binary, _redis_tool("redis-cli"), password=TOPOLOGY_PASSWORD
+    )
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(redis_binary: str) -> Iterator[redis_topologies.RedisSentinelServers]:
+    """A master with a password, its replica and a Sentinel watching it, for the session."""
+    servers = redis_topologies.RedisSentinelServers(
+        redis_binary, _redis_tool("redis-sentinel"), password=TOPOLOGY_PASSWORD
+    )
+    try:
+        yield servers.start()
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls(
+    redis_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[redis_server.RedisServer, Path]]:
+    """A ``redis-server`` speaking TLS only, with a throwaway certificate: (server, CA file)."""
+    ca, certificate, key = redis_topologies.tls_certificates(tmp_path_factory.mktemp("tls"))
+    server = redis_server.RedisServer(redis_binary, tcp=True, tls=(certificate, key)).start()
+    try:
+        yield server, ca
     finally:
         server.stop()
 

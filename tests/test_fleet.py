@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from conftest import API_KEY, CapSolverMock
 from crawling import solver_settings
@@ -21,6 +22,10 @@ from fleet_processes import run_fleet, start_crawl
 
 #: What every request of a crawl may end with, besides its answer.
 PUBLIC_FAILURES = {"CaptchaBudgetError", "CaptchaCrawlClosingError", "CaptchaBlockedError"}
+
+
+# The crawl processes run fleet mode on the reactor of this pass: the asyncio one only.
+pytestmark = pytest.mark.asyncio_reactor
 
 
 def fleet_settings(capsolver: CapSolverMock, redis_url: str, **overrides: Any) -> dict[str, Any]:

@@ -15,6 +15,9 @@ import pytest_twisted
 import redis
 from conftest import CapSolverMock, run_command
 from crawling import RecordingSpider, crawl, solver_settings, stat
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from scrapy_capsolver_ocr.errors import CLOSE_BLOCKED
 
@@ -30,20 +33,31 @@ def fleet_command(*args: str) -> subprocess.CompletedProcess[str]:
     return run_command("fleet", *args, timeout=60, text=True)
 
 
+@pytest.mark.asyncio_reactor
 @pytest_twisted.ensureDeferred
 async def test_a_stop_recorded_by_another_process_closes_this_crawl(
     capsolver: CapSolverMock, image_site: str, redis_url: str
 ) -> None:
-    from twisted.internet import reactor
-
     capsolver.configure(latency=0.3)
     settings = fleet_settings(capsolver, redis_url, CAPSOLVER_CONCURRENCY=2)
     stop_key = f"capsolver:fleet:{settings['CAPSOLVER_FLEET']}:stop"
     client = redis.Redis.from_url(redis_url)
-    # What a second block in another process of the fleet leaves behind.
-    reactor.callLater(1.0, client.set, stop_key, CLOSE_BLOCKED, px=60_000)
+
+    async def stop_once_paying() -> None:
+        # What a second block in another process of the fleet leaves behind, once this crawl
+        # pays (not at a fixed time: a loaded machine may take longer than that to start).
+        while not await maybe_deferred_to_future(deferToThread(capsolver.calls)):
+            await maybe_deferred_to_future(deferLater(reactor, 0.05, lambda: None))
+        await maybe_deferred_to_future(
+            deferToThread(client.set, stop_key, CLOSE_BLOCKED, px=60_000)
+        )
+
+    from twisted.internet import reactor
+
+    stopping = deferred_from_coro(stop_once_paying())
     urls = [f"{image_site}/captcha/stopped{i}.png" for i in range(40)]
     crawler = await crawl(RecordingSpider, settings, urls=urls)
+    await stopping
     client.close()
     spider: Any = crawler.spider
 
@@ -56,6 +70,7 @@ async def test_a_stop_recorded_by_another_process_closes_this_crawl(
     }
 
 
+@pytest.mark.asyncio_reactor
 @pytest_twisted.ensureDeferred
 async def test_fleet_figures_in_stats_the_progress_line_and_fleet_status(
     capsolver: CapSolverMock, image_site: str, redis_url: str, caplog: Any
@@ -114,10 +129,10 @@ def test_fleet_status_of_a_fleet_that_never_ran(redis_url: str) -> None:
 async def test_a_missing_redis_extra_is_named_at_crawl_start(
     capsolver: CapSolverMock, image_site: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "hiredis", None)  # as if it was never installed
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if it was never installed
     for module in (
         "scrapy_capsolver_ocr.state.redis_state",
-        "scrapy_capsolver_ocr.state.redis_client",
+        "scrapy_capsolver_ocr.state.redis_connection",
     ):
         monkeypatch.delitem(sys.modules, module, raising=False)
     settings = fleet_settings(capsolver, "redis://:secret@127.0.0.1:6379/0")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from conftest import API_KEY, CapSolverMock
+from conftest import API_KEY, TOPOLOGY_PASSWORD, CapSolverMock
 from crawling import RecordingSpider, crawl, solver_settings, stat
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -331,3 +331,61 @@ async def test_server_with_an_untrusted_certificate_is_refused(
     assert answer.code == 200
     await treq.content(answer)
     assert recorder.requests == 1
+
+
+# Fleet mode: the Redis password shows nowhere either, on a Redis Cluster or through Sentinel.
+
+
+def redis_settings(request: pytest.FixtureRequest, kind: str, password: str) -> dict[str, Any]:
+    if kind == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        url = cluster.url.replace(TOPOLOGY_PASSWORD, password)
+        return {"CAPSOLVER_REDIS_URL": url, "CAPSOLVER_REDIS_CLUSTER": True}
+    sentinel = request.getfixturevalue("redis_sentinel")
+    return {
+        "CAPSOLVER_REDIS_URL": sentinel.url.replace(TOPOLOGY_PASSWORD, password),
+        "CAPSOLVER_REDIS_SENTINELS": [f"{host}:{port}" for host, port in sentinel.sentinels],
+    }
+
+
+@pytest.mark.asyncio_reactor
+@pytest.mark.parametrize("kind", ["cluster", "sentinel"])
+@pytest_twisted.ensureDeferred
+async def test_the_redis_password_never_shows_on_a_cluster_or_through_sentinel(
+    kind: str,
+    request: pytest.FixtureRequest,
+    capsolver: CapSolverMock,
+    image_site: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = {
+        **debug_settings(capsolver),
+        **redis_settings(request, kind, TOPOLOGY_PASSWORD),
+        "CAPSOLVER_FLEET": f"key-safety-{kind}",
+    }
+    urls = [f"{image_site}/captcha/ok{kind}{i}.png" for i in range(3)]
+    crawler = await crawl(InspectingSpider, settings, urls=urls)
+    spider: Any = crawler.spider
+    assert len(spider.texts) == 3
+    assert stat(crawler, "capsolver/fleet/tasks_used") >= 1  # it did run in fleet mode
+    state = get_solver(crawler).state
+    shown = "\n".join(
+        [caplog.text, *spider.seen, pprint.pformat(crawler.stats.get_stats()), repr(state)]  # type: ignore[union-attr]
+    )
+    assert "Fleet mode: RedisState(" in shown
+    assert TOPOLOGY_PASSWORD not in shown
+
+    # A wrong password: refused, and neither password is shown.
+    caplog.clear()
+    wrong = {**settings, **redis_settings(request, kind, "not-the-" + TOPOLOGY_PASSWORD)}
+    wrong.update(CAPSOLVER_MAX_RETRIES=0, CAPSOLVER_FLEET=f"key-safety-wrong-{kind}")
+    crawler = await crawl(InspectingSpider, wrong, urls=[f"{image_site}/captcha/no{kind}.png"])
+    spider = crawler.spider
+    assert {type(e).__name__ for e in spider.errors.values()} == {"CaptchaFleetError"}, [
+        str(e) for e in spider.errors.values()
+    ]
+    shown = "\n".join(
+        [caplog.text, *map(str, spider.errors.values()), pprint.pformat(crawler.stats.get_stats())]  # type: ignore[union-attr]
+    )
+    assert "redis://:***@" in shown and TOPOLOGY_PASSWORD not in shown

@@ -1,5 +1,6 @@
 """The solving state's interface, one suite run against both implementations: in memory
-(one process) and in a real Redis (fleet mode).
+(one process) and in a real Redis (fleet mode): one server, over TLS, a Redis Cluster of
+three masters, and a master found through Sentinel.
 
 Two "processes" are two states: for memory, the same instance twice (a process is its own
 fleet); for Redis, two :class:`RedisState` instances of one fleet, each with its own
@@ -26,6 +27,7 @@ from scrapy_capsolver_ocr.errors import CLOSE_BLOCKED, CLOSE_MAX_TASKS, CaptchaB
 from scrapy_capsolver_ocr.settings import ApiKey
 from scrapy_capsolver_ocr.solution import CaptchaSolution
 from scrapy_capsolver_ocr.state.base import CallTicket, MemoryState, Pause, StateLimits, Stop
+from scrapy_capsolver_ocr.state.redis_connection import RedisTarget
 
 SHA = "a" * 64
 
@@ -63,7 +65,12 @@ def on_reactor(test: Callable[..., Awaitable[None]]) -> Any:
 
 @asynccontextmanager
 async def redis_states(
-    redis_url: str, limits: StateLimits, *, opened: int, unopened: int = 0, **options: Any
+    redis_url: RedisTarget | str,
+    limits: StateLimits,
+    *,
+    opened: int,
+    unopened: int = 0,
+    **options: Any,
 ) -> AsyncIterator[list[Any]]:
     """States of one new fleet (and account) in Redis: first ``unopened`` ones, which renew
     nothing, as a process killed after it took a claim or a permit; then ``opened`` ones
@@ -83,16 +90,37 @@ async def redis_states(
             await state.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+def redis_target(request: pytest.FixtureRequest, kind: str) -> RedisTarget:
+    """Where the Redis of ``kind`` is, from the session's servers."""
+    if kind == "redis-cluster":
+        return RedisTarget(request.getfixturevalue("redis_cluster").url, cluster=True)
+    if kind == "redis-sentinel":
+        sentinel = request.getfixturevalue("redis_sentinel")
+        return RedisTarget(sentinel.url, sentinel.sentinels)
+    if kind == "rediss":
+        server, ca = request.getfixturevalue("redis_tls")
+        return RedisTarget(f"{server.url}?ssl_ca_certs={ca}")
+    return RedisTarget(request.getfixturevalue("redis_url"))
+
+
+REDIS_KINDS = ["redis", "rediss", "redis-cluster", "redis-sentinel"]
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        *(pytest.param(kind, marks=pytest.mark.asyncio_reactor) for kind in REDIS_KINDS),
+    ]
+)
 def fleet(request: pytest.FixtureRequest) -> Fleet:
     """``async with fleet(**limits) as (a, b):`` two opened states of one new fleet."""
     kind = request.param
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    redis_url = redis_target(request, kind) if kind != "memory" else ""
 
     @asynccontextmanager
     async def make(count: int = 2, **limits: Any) -> AsyncIterator[list[Any]]:
         settings = StateLimits(**limits)
-        if kind == "redis":
+        if kind != "memory":
             async with redis_states(redis_url, settings, opened=count) as states:
                 yield states
             return
@@ -327,6 +355,7 @@ async def test_blocks_further_apart_than_the_window_only_pause(fleet: Fleet) -> 
 # Fleet mode only: processes that die, and a Redis that is not there
 
 
+@pytest.mark.asyncio_reactor
 @on_reactor
 async def test_a_waiter_takes_over_when_the_claimant_stops_renewing(redis_url: str) -> None:
     limits = StateLimits(lease=0.5)
@@ -342,6 +371,7 @@ async def test_a_waiter_takes_over_when_the_claimant_stops_renewing(redis_url: s
         assert (await alive.cached(key)).text == "mine"
 
 
+@pytest.mark.asyncio_reactor
 @on_reactor
 async def test_a_live_process_keeps_its_claims_and_permits_past_the_lease(
     redis_url: str,
@@ -362,6 +392,7 @@ async def test_a_live_process_keeps_its_claims_and_permits_past_the_lease(
         assert isinstance(await maybe_deferred_to_future(waiting), CallTicket)
 
 
+@pytest.mark.asyncio_reactor
 @on_reactor
 async def test_a_permit_of_a_process_that_stopped_renewing_returns_after_the_lease(
     redis_url: str,
@@ -375,6 +406,7 @@ async def test_a_permit_of_a_process_that_stopped_renewing_returns_after_the_lea
         assert isinstance(await maybe_deferred_to_future(waiting), CallTicket)
 
 
+@pytest.mark.asyncio_reactor
 @on_reactor
 async def test_a_closing_claimant_lets_waiters_elsewhere_take_the_image(redis_url: str) -> None:
     async with redis_states(redis_url, StateLimits(), opened=2) as (a, b):
@@ -391,6 +423,7 @@ async def test_a_closing_claimant_lets_waiters_elsewhere_take_the_image(redis_ur
         assert await b.claim(key)
 
 
+@pytest.mark.asyncio_reactor
 @on_reactor
 async def test_unreachable_redis_fails_closed_and_recovers_without_a_restart(
     own_redis: Any,

@@ -17,7 +17,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, TypeVar, cast
 
-from ..checks import check_charset, check_confidence, check_length, check_score, check_text
+from ..checks import (
+    check_charset,
+    check_confidence,
+    check_length,
+    check_score,
+    check_sentinel,
+    check_text,
+)
 from ..engines.local import OcrUnavailableError, require_ddddocr
 from ..server import app as ocr_server
 from ..server import http as ocr_server_http
@@ -30,6 +37,8 @@ from . import api_commands
 REQUIRE_KEY_ENV = "CAPSOLVER_OCR_REQUIRE_KEY"
 #: The Redis of ``fleet``, as the crawls' setting of the same name.
 REDIS_URL_ENV = "CAPSOLVER_REDIS_URL"
+REDIS_SENTINELS_ENV = "CAPSOLVER_REDIS_SENTINELS"
+REDIS_CLUSTER_ENV = "CAPSOLVER_REDIS_CLUSTER"
 #: The API key of ``solve`` and ``balance``, and (optionally) their API URL.
 API_KEY_ENV = "CAPSOLVER_API_KEY"
 API_URL_ENV = "CAPSOLVER_API_URL"
@@ -85,6 +94,20 @@ def _add_fleet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             required=not os.environ.get(REDIS_URL_ENV),
             help=f"redis://, rediss:// or unix:// URL (default: ${REDIS_URL_ENV})",
         )
+        parser.add_argument(
+            "--redis-sentinel",
+            action="append",
+            metavar="HOST:PORT",
+            default=None,
+            help="a sentinel watching the master the URL's host names; repeat for each "
+            f"(default: ${REDIS_SENTINELS_ENV}, comma-separated)",
+        )
+        parser.add_argument(
+            "--redis-cluster",
+            action="store_true",
+            default=os.environ.get(REDIS_CLUSTER_ENV, "").lower() in ("1", "true", "yes"),
+            help=f"the URL names a node of a Redis Cluster (default: ${REDIS_CLUSTER_ENV})",
+        )
 
 
 def _fleet_status(args: argparse.Namespace) -> int:
@@ -99,12 +122,21 @@ def _fleet_command(action: str, args: argparse.Namespace) -> int:
     name = f"fleet {action.replace('_', '-')}"
     try:
         from . import fleet_commands
-    except ImportError as exc:  # hiredis, the one library fleet mode needs
+    except ImportError as exc:  # redis-py, the one library fleet mode needs
         return _fail(name, ImportError(f"{exc}: {EXTRA_HINT}"))
     command = getattr(fleet_commands, action)
     try:
-        output = fleet_commands.run(args.redis_url, lambda client: command(client, args.fleet))
-    except fleet_commands.FleetCommandError as exc:
+        entries = args.redis_sentinel
+        if entries is None:
+            entries = [s for s in os.environ.get(REDIS_SENTINELS_ENV, "").split(",") if s.strip()]
+        sentinels = tuple(check_sentinel("--redis-sentinel", s) for s in entries)
+        output = fleet_commands.run(
+            args.redis_url,
+            lambda redis: command(redis, args.fleet),
+            sentinels=sentinels,
+            cluster=args.redis_cluster,
+        )
+    except (fleet_commands.FleetCommandError, ValueError) as exc:
         return _fail(name, exc)
     print(output, flush=True)
     return 0

@@ -4,19 +4,23 @@ read or reset from outside any crawl.
 ``status`` prints, for one fleet or every fleet in that Redis, the budget used against its
 limit and when the period resets, the calls in flight for the account, a pause or stop
 under way, and the cached answers. ``reset-budget`` starts the budget's count again.
+
+They run outside any crawl, so they use redis-py's ``redis.asyncio`` on an asyncio loop of
+their own (``asyncio.run``), with the same client a crawl's fleet mode builds.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..checks import check_redis_url
 from ..state.base import StateFigures
-from ..state.redis_client import RedisAddress, RedisClient, RedisReplyError, RedisUnavailable
-from ..state.redis_scripts import FIGURES, PREFIX, RESET_BUDGET, FleetKeys, figures_keys
+from ..state.redis_connection import UNAVAILABLE, RedisTarget, close_client
+from ..state.redis_scripts import FIGURES, RESET_BUDGET, FleetKeys, figures_keys
 from ..state.redis_state import figures_from
 
 T = TypeVar("T")
@@ -26,33 +30,42 @@ class FleetCommandError(Exception):
     """A failure to report in one line."""
 
 
-async def fleet_names(client: RedisClient) -> list[str]:
+@dataclass(frozen=True)
+class FleetRedis:
+    """The Redis a command reads: where it is (for messages) and a client to it."""
+
+    target: RedisTarget
+    client: Any
+
+    @property
+    def prefix(self) -> str:
+        return self.target.key_prefix
+
+
+async def fleet_names(redis: FleetRedis) -> list[str]:
     """Every fleet that has used this Redis."""
+    start = f"{redis.prefix}fleet:"
     names: set[str] = set()
-    cursor = b"0"
-    pattern = f"{PREFIX}fleet:*:meta"
-    while True:
-        cursor, keys = await client.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-        names.update(key.decode()[len(f"{PREFIX}fleet:") : -len(":meta")] for key in keys)
-        if cursor == b"0":
-            return sorted(names)
+    async for key in redis.client.scan_iter(match=f"{start}*:meta", count=1000):
+        names.add(key.decode()[len(start) : -len(":meta")])
+    return sorted(names)
 
 
-async def fleet_keys(client: RedisClient, fleet: str) -> FleetKeys:
-    account = await client.call("HGET", f"{PREFIX}fleet:{fleet}:meta", "account")
+async def fleet_keys(redis: FleetRedis, fleet: str) -> FleetKeys:
+    account = await redis.client.hget(f"{redis.prefix}fleet:{fleet}:meta", "account")
     if account is None:
-        known = ", ".join(await fleet_names(client)) or "none"
+        known = ", ".join(await fleet_names(redis)) or "none"
         raise FleetCommandError(f"No fleet named {fleet!r} in this Redis (fleets: {known}).")
-    return FleetKeys(fleet, account.decode())
+    return FleetKeys(fleet, account.decode(), redis.prefix)
 
 
-async def fleet_figures(client: RedisClient, fleet: str) -> StateFigures:
+async def fleet_figures(redis: FleetRedis, fleet: str) -> StateFigures:
     """The figures of ``fleet``, as ``fleet status`` shows them."""
-    return await read_figures(client, await fleet_keys(client, fleet))
+    return await read_figures(redis, await fleet_keys(redis, fleet))
 
 
-async def read_figures(client: RedisClient, keys: FleetKeys) -> StateFigures:
-    raw = await FIGURES.run(client, figures_keys(keys), [-1])  # -1: the period last used
+async def read_figures(redis: FleetRedis, keys: FleetKeys) -> StateFigures:
+    raw = await FIGURES.run(redis.client, figures_keys(keys), [-1])  # -1: the period last used
     return figures_from(raw, 0, {"fleet": keys.fleet, "account": keys.account})
 
 
@@ -90,52 +103,49 @@ def describe(figures: StateFigures, server_time: float, period: float) -> list[s
     ]
 
 
-async def status(client: RedisClient, fleet: str | None) -> str:
-    names = [fleet] if fleet else await fleet_names(client)
+async def status(redis: FleetRedis, fleet: str | None) -> str:
+    names = [fleet] if fleet else await fleet_names(redis)
     if not names:
-        return f"No fleet has used this Redis ({client.address.safe_url}) yet."
-    seconds, micros = await client.call("TIME")
+        return f"No fleet has used this Redis ({redis.target.describe()}) yet."
+    seconds, micros = await redis.client.time()
     server_time = int(seconds) + int(micros) / 1e6
     lines = []
     for name in names:
-        keys = await fleet_keys(client, name)
-        figures = await read_figures(client, keys)
-        period_ms = await client.call("HGET", keys.budget, "period_ms")
+        keys = await fleet_keys(redis, name)
+        figures = await read_figures(redis, keys)
+        period_ms = await redis.client.hget(keys.budget, "period_ms")
         lines += describe(figures, server_time, int(period_ms or 0) / 1000)
     return "\n".join(lines)
 
 
-async def reset_budget(client: RedisClient, fleet: str) -> str:
-    keys = await fleet_keys(client, fleet)
-    used = await RESET_BUDGET.run(client, [keys.budget], [])
+async def reset_budget(redis: FleetRedis, fleet: str) -> str:
+    keys = await fleet_keys(redis, fleet)
+    used = await RESET_BUDGET.run(redis.client, [keys.budget], [])
     return f"Budget of fleet {fleet} reset ({used} API tasks were counted in this period)."
 
 
-def run(url: str, command: Callable[[RedisClient], Awaitable[T]]) -> T:
-    """Run ``command`` against the Redis at ``url`` on a reactor (once per process: a
-    reactor does not start twice); what it returned."""
+def run(
+    url: str,
+    command: Callable[[FleetRedis], Awaitable[T]],
+    *,
+    sentinels: tuple[tuple[str, int], ...] = (),
+    cluster: bool = False,
+) -> T:
+    """Run ``command`` against the Redis at ``url`` (a master through ``sentinels``, or a
+    node of a ``cluster``) on an asyncio loop of its own; what it returned."""
     try:
-        address = RedisAddress.from_url(check_redis_url("--redis-url", url))
+        target = RedisTarget(check_redis_url("--redis-url", url), sentinels, cluster)
     except ValueError as exc:
         raise FleetCommandError(str(exc)) from None
-    from twisted.internet.task import react
 
-    output: list[T] = []
-    failure: list[str] = []
-
-    async def main(reactor: Any) -> None:
-        client = RedisClient(address, reactor)
+    async def main() -> T:
+        client = target.client()
         try:
-            output.append(await command(client))
-        except (RedisUnavailable, RedisReplyError) as exc:
-            failure.append(f"Redis at {address.safe_url}: {exc}")
-        except FleetCommandError as exc:
-            failure.append(str(exc))
+            return await command(FleetRedis(target, client))
+        except UNAVAILABLE as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise FleetCommandError(f"Redis at {target.describe()}: {reason}") from None
         finally:
-            client.close()
+            await close_client(client)
 
-    with contextlib.suppress(SystemExit):  # react() always ends this way
-        react(main)
-    if failure:
-        raise FleetCommandError(failure[0])
-    return output[0]
+    return asyncio.run(main())

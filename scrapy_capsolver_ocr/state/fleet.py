@@ -54,16 +54,18 @@ def build_state(config: SolverSettings, fleet: str) -> SolvingState:
     if config.redis_url is None:
         return MemoryState(limits)
     try:
+        from .redis_connection import RedisTarget
         from .redis_state import RedisState
     except ImportError as exc:
-        if exc.name != "hiredis":
+        if exc.name is None or exc.name.partition(".")[0] not in ("redis", "hiredis"):
             raise
         raise ImportError(
             f"CAPSOLVER_REDIS_URL is set ({redact_url(config.redis_url)}): fleet mode needs "
             f"the Redis extra, which is not installed: {EXTRA_HINT}",
             name=exc.name,
         ) from None
-    return RedisState(config.redis_url, fleet, config.api_key, limits)
+    target = RedisTarget(config.redis_url, config.redis_sentinels, config.redis_cluster)
+    return RedisState(target, fleet, config.api_key, limits)
 
 
 def fleet_name(config: SolverSettings, crawler: Any) -> str:

@@ -9,14 +9,14 @@ Redis's own clock (``TIME``), in milliseconds: the machines of a fleet may disag
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from .redis_client import RedisClient, RedisReplyError
-
 #: Every key and channel of fleet mode starts with this.
 PREFIX = "capsolver:"
+#: ... or, in a Redis Cluster, with this: a hash tag puts every key in one hash slot, since
+#: the scripts read and write keys of a fleet and of its account together.
+CLUSTER_PREFIX = "{capsolver}:"
 
 _NOW = """
 local function now_ms()
@@ -50,14 +50,15 @@ class FleetKeys:
 
     fleet: str
     account: str
+    prefix: str = PREFIX
 
     @property
     def fleet_prefix(self) -> str:
-        return f"{PREFIX}fleet:{self.fleet}:"
+        return f"{self.prefix}fleet:{self.fleet}:"
 
     @property
     def account_prefix(self) -> str:
-        return f"{PREFIX}account:{self.account}:"
+        return f"{self.prefix}account:{self.account}:"
 
     def answers(self, sha256: str) -> str:
         return f"{self.fleet_prefix}answers:{sha256}"
@@ -108,20 +109,19 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 class Script:
-    """A Lua script, sent by its SHA-1 and loaded again when Redis lost it (a restart)."""
+    """A Lua script; :meth:`bind` makes it redis-py's script object for one client, which
+    sends it by its SHA-1 and loads it again when Redis lost it (a restart, a failover)."""
 
     def __init__(self, name: str, body: str) -> None:
         self.name = name
         self.source = _NOW + body
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    async def run(self, client: RedisClient, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await client.call("EVALSHA", self.sha, len(keys), *keys, *args)
-        except RedisReplyError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return await client.call("EVAL", self.source, len(keys), *keys, *args)
+    def bind(self, client: Any) -> Any:
+        return client.register_script(self.source)
+
+    async def run(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run once on ``client`` (the command line; a crawl binds its scripts once)."""
+        return await self.bind(client)(keys, args)
 
 
 # KEYS: answers hash, answer index. ARGV: module, index member.

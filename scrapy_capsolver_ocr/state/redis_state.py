@@ -5,7 +5,8 @@ scripts of :mod:`.redis_scripts`, so answers, calls in flight, the budget, the a
 concurrency and blocks hold across processes and machines. Claims on images and permits
 for calls are leases this process renews while it works; those of a process that died
 lapse within ``CAPSOLVER_TIMEOUT`` + 10 s. Waiters are woken by pub/sub messages, and look
-again every few seconds in case a message was lost with a connection.
+again every few seconds in case a message was lost with a connection. Redis is reached through
+redis-py (:mod:`.redis_connection`), on Scrapy's asyncio reactor.
 
 Nothing stored contains the API key (accounts are named by a keyed hash of it) or an image
 (answers are stored under the image's SHA-256).
@@ -13,6 +14,7 @@ Nothing stored contains the API key (accounts are named by a keyed hash of it) o
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import hmac
@@ -31,12 +33,12 @@ from ..reactor import installed_reactor
 from ..settings import ApiKey
 from ..solution import CaptchaSolution
 from .base import CallTicket, Pause, StateFigures, StateLimits, Stop
-from .redis_client import (
-    RedisAddress,
-    RedisClient,
-    RedisReplyError,
+from .redis_connection import (
+    UNAVAILABLE,
     RedisSubscriber,
-    RedisUnavailable,
+    RedisTarget,
+    close_client,
+    require_asyncio_reactor,
 )
 from .redis_scripts import (
     BEGIN_CALL,
@@ -124,33 +126,40 @@ def _error(data: dict[str, Any]) -> CaptchaSolveError:
 
 
 class RedisState:
-    """The solving state of a fleet: every process with the same ``CAPSOLVER_REDIS_URL``
-    and ``CAPSOLVER_FLEET`` shares it; permits and blocks are shared by every process with
-    the same API key."""
+    """The solving state of a fleet: every process with the same Redis (``target``: a URL,
+    or a :class:`RedisTarget` for Sentinel and Cluster) and ``CAPSOLVER_FLEET`` shares it;
+    permits and blocks are shared by every process with the same API key. Needs Scrapy's
+    asyncio reactor."""
 
     def __init__(
         self,
-        url: str,
+        target: RedisTarget | str,
         fleet: str,
         api_key: ApiKey | None,
         limits: StateLimits,
         reactor: Any = None,
         recheck: float = RECHECK,
     ) -> None:
+        require_asyncio_reactor()
         reactor = installed_reactor(reactor)
         self.limits = limits
         self.fleet = fleet
-        self.address = RedisAddress.from_url(url)
-        self.keys = FleetKeys(fleet, account_fingerprint(api_key))
+        self.target = RedisTarget.of(target)
+        self.keys = FleetKeys(fleet, account_fingerprint(api_key), self.target.key_prefix)
         self._reactor = reactor
         self._recheck = recheck
-        self._client = RedisClient(self.address, reactor)
+        self._client = self.target.client()
+        self._scripts: dict[str, Any] = {}
+        # Commands run on a pool of connections, whose replies may be read in another order
+        # than Redis ran them. A leave to call read after a stop that Redis decided later
+        # would be thrown away with the budget already counted: the commands whose verdicts
+        # the solver orders (leave to call, blocks, the fleet-wide stop) go one at a time.
+        self._verdicts = asyncio.Lock()
         self._subscriber = RedisSubscriber(
-            self.address,
+            self._client,
             [self.keys.solved_channel, self.keys.permits_channel],
             self._message,
             self._listening_again,
-            reactor,
         )
         self._owner = uuid.uuid4().hex
         self._claims: set[str] = set()
@@ -162,14 +171,14 @@ class RedisState:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"RedisState({self.address.safe_url!r}, fleet={self.fleet!r})"
+        return f"RedisState({self.target.describe()!r}, fleet={self.fleet!r})"
 
     # Connection
 
     def _unreachable(self, exc: Exception) -> CaptchaFleetError:
         return CaptchaFleetError(
-            f"Fleet mode: Redis at CAPSOLVER_REDIS_URL={self.address.safe_url} cannot be "
-            f"used ({exc}); no captcha is paid for without it.",
+            f"Fleet mode: Redis at CAPSOLVER_REDIS_URL={self.target.describe()} cannot be "
+            f"used ({_reason(exc)}); no captcha is paid for without it.",
             "REDIS_UNAVAILABLE",
         )
 
@@ -177,9 +186,15 @@ class RedisState:
         if self._closed:
             raise CaptchaCrawlClosingError()
         try:
-            return await script.run(self._client, keys, args)
-        except (RedisUnavailable, RedisReplyError) as exc:
+            return await self._script(script)(keys, args)
+        except UNAVAILABLE as exc:
             raise self._unreachable(exc) from None
+
+    def _script(self, script: Script) -> Any:
+        bound = self._scripts.get(script.name)
+        if bound is None:
+            bound = self._scripts[script.name] = script.bind(self._client)
+        return bound
 
     async def open(self) -> None:
         if not self._renewal.running:
@@ -189,8 +204,8 @@ class RedisState:
             )
         try:
             await self._subscriber.start()
-            await self._client.call("HSET", self.keys.meta, "account", self.keys.account)
-        except (RedisUnavailable, RedisReplyError) as exc:
+            await self._client.hset(self.keys.meta, "account", self.keys.account)
+        except UNAVAILABLE as exc:
             raise self._unreachable(exc) from None
 
     async def close(self) -> None:
@@ -213,8 +228,8 @@ class RedisState:
         except CaptchaFleetError as exc:
             logger.debug("Could not give back this process's leases: %s", exc)
         self._closed = True
-        self._subscriber.stop()
-        self._client.close()
+        await self._subscriber.stop()
+        await close_client(self._client)
 
     # Answers
 
@@ -347,17 +362,18 @@ class RedisState:
         keys, limits = self.keys, self.limits
         call_id = f"{self._owner}:{uuid.uuid4().hex[:12]}"
         while True:
-            verdict = await self._run(
-                BEGIN_CALL,
-                [keys.stop, keys.blocks, keys.budget, keys.calls],
-                [
-                    limits.max_tasks,
-                    _ms_or_off(limits.budget_period),
-                    limits.fleet_concurrency,
-                    _ms(limits.lease),
-                    call_id,
-                ],
-            )
+            async with self._verdicts:
+                verdict = await self._run(
+                    BEGIN_CALL,
+                    [keys.stop, keys.blocks, keys.budget, keys.calls],
+                    [
+                        limits.max_tasks,
+                        _ms_or_off(limits.budget_period),
+                        limits.fleet_concurrency,
+                        _ms(limits.lease),
+                        call_id,
+                    ],
+                )
             kind = verdict[0]
             if kind == b"ok":
                 self._calls.add(call_id)
@@ -385,15 +401,16 @@ class RedisState:
 
     async def blocked(self, ticket: CallTicket | None) -> Pause | Stop | None:
         limits = self.limits
-        verdict = await self._run(
-            BLOCKED,
-            [self.keys.blocks, self.keys.stop],
-            [
-                -1 if ticket is None else ticket.epoch,
-                _ms(limits.block_pause),
-                round(limits.block_window * 1000),
-            ],
-        )
+        async with self._verdicts:
+            verdict = await self._run(
+                BLOCKED,
+                [self.keys.blocks, self.keys.stop],
+                [
+                    -1 if ticket is None else ticket.epoch,
+                    _ms(limits.block_pause),
+                    round(limits.block_window * 1000),
+                ],
+            )
         if verdict[0] == b"stop":
             return Stop(verdict[1].decode())
         if verdict[0] == b"pause":
@@ -402,8 +419,9 @@ class RedisState:
 
     async def stop_reason(self) -> str | None:
         try:
-            reason = await self._client.call("GET", self.keys.stop)
-        except (RedisUnavailable, RedisReplyError) as exc:
+            async with self._verdicts:
+                reason = await self._client.get(self.keys.stop)
+        except UNAVAILABLE as exc:
             raise self._unreachable(exc) from None
         return reason.decode() if reason else None
 
@@ -412,19 +430,24 @@ class RedisState:
         if not claims and not calls:
             return
         try:
-            await RENEW.run(
-                self._client,
+            await self._script(RENEW)(
                 [*(self.keys.claim(key) for key in claims), self.keys.calls],
                 [self._owner, _ms(self.limits.lease), len(claims), *calls],
             )
-        except (RedisUnavailable, RedisReplyError) as exc:
-            logger.warning("Could not renew this process's leases in Redis: %s", exc)
+        except UNAVAILABLE as exc:
+            logger.warning("Could not renew this process's leases in Redis: %s", _reason(exc))
 
     async def figures(self) -> StateFigures:
         raw = await self._run(
             FIGURES, figures_keys(self.keys), [_ms_or_off(self.limits.budget_period)]
         )
         return figures_from(raw, self.limits.max_tasks, {"fleet": self.fleet})
+
+
+def _reason(exc: BaseException) -> str:
+    """Why Redis failed, in one line: redis-py's message, else the error's name (a timeout
+    has no message)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _fire(waiter: Deferred[bytes], value: bytes | Exception) -> bool:

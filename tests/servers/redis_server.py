@@ -18,12 +18,13 @@ from pathlib import Path
 START_TIMEOUT = 10.0
 
 
-def redis_binary() -> str | None:
-    """The ``redis-server`` to run, or None when this machine has none."""
-    configured = os.environ.get("REDIS_SERVER")
+def redis_binary(name: str = "redis-server") -> str | None:
+    """The ``redis-server`` (or ``redis-sentinel``, ``redis-cli``) to run, or None when this
+    machine has none: ``REDIS_SERVER`` (``REDIS_SENTINEL``, ``REDIS_CLI``), else the PATH."""
+    configured = os.environ.get(name.upper().replace("-", "_"))
     if configured:
         return configured if os.access(configured, os.X_OK) else None
-    return shutil.which("redis-server")
+    return shutil.which(name)
 
 
 class RedisServer:
@@ -37,9 +38,12 @@ class RedisServer:
         tcp: bool = False,
         password: str | None = None,
         tls: tuple[Path, Path] | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.binary = binary
         self.password = password
+        #: More arguments for redis-server (a cluster node's, a replica's).
+        self.extra = extra
         #: (certificate, key): the TCP port speaks TLS only (``rediss://``).
         self.tls = tls
         self.directory = Path(tempfile.mkdtemp(prefix="capsolver-redis-"))
@@ -68,7 +72,8 @@ class RedisServer:
             argv += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
             argv += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
             if self.password:
-                argv += ["--requirepass", self.password]
+                argv += ["--requirepass", self.password, "--masterauth", self.password]
+            argv += list(self.extra)
             log = (self.directory / "redis.log").open("ab")
             self.process = subprocess.Popen(argv, stdout=log, stderr=log, cwd=self.directory)
             log.close()
