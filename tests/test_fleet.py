@@ -93,7 +93,12 @@ def test_three_processes_pay_once_per_distinct_image_and_share_the_answers(
         assert result["finish_reason"] == "finished"
         assert_each_request_ended_once(result, urls)
         assert result["texts"] == {url: url.rsplit("/", 1)[1][:-4] for url in urls}
-        assert result["stats"]["capsolver/fleet/tasks_used"] == distinct
+        # The fleet's count as this process read it when it closed: its own calls and
+        # those the others had made by then.
+        own = result["stats"].get("capsolver/task_count", 0)
+        assert own <= result["stats"]["capsolver/fleet/tasks_used"] <= distinct
+    # The last process to close read the whole fleet's count.
+    assert max(r["stats"]["capsolver/fleet/tasks_used"] for r in results) == distinct
     # The shared images were paid for once: the other processes waited or read the cache.
     reused = sum(
         r["stats"].get("capsolver/shared_call", 0) + r["stats"].get("capsolver/cache_hit", 0)
