@@ -303,3 +303,18 @@ class CaptchaSolverMiddleware:
                 "Could not close the crawl (%s): %s", reason, failure.getErrorMessage()
             )
         )
+
+
+def get_solver(crawler: Crawler) -> CaptchaSolver:
+    """The running crawl's :class:`CaptchaSolver`, to solve images a spider obtained
+    itself: ``solution = await get_solver(self.crawler).solve(png_bytes)``."""
+    try:
+        middleware = crawler.get_downloader_middleware(CaptchaSolverMiddleware)
+    except RuntimeError:  # the engine does not exist yet
+        middleware = None
+    if middleware is not None:
+        return middleware.solver
+    raise RuntimeError(
+        "CaptchaSolverMiddleware is not enabled in this crawl: add "
+        "ADDONS = {'scrapy_capsolver_ocr.Addon': 500} to the settings."
+    )

@@ -67,7 +67,7 @@ async def solve_page_captcha(
     if solver is None:
         if crawler is None:
             raise TypeError("solve_page_captcha() needs crawler= (or solver=)")
-        from .. import get_solver
+        from .middleware import get_solver  # the middleware imports this module
 
         solver = get_solver(crawler)
     # Checked before the screenshot: a bad option is not worth waiting for the element.
