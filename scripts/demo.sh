@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 extras=demo
-modules="captcha, ddddocr, form2request, hiredis, scrapy_redis, scrapy_capsolver_ocr"
+modules="captcha, ddddocr, form2request, hiredis, redis, scrapy_redis, scrapy_capsolver_ocr"
 for arg in "$@"; do
     case "$arg" in
         --browser | browser_login | --spider=browser_login)
