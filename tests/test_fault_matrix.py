@@ -42,7 +42,7 @@ from scrapy_capsolver_ocr import (
     CaptchaTransientError,
     get_solver,
 )
-from scrapy_capsolver_ocr.api.errors import ERROR_TABLE
+from scrapy_capsolver_ocr.api.capsolver import ERROR_TABLE
 
 REQUESTS = 200
 SHARE = 5  # one image in SHARE is faulty

@@ -15,7 +15,7 @@ from scrapy.statscollectors import MemoryStatsCollector
 from test_state import on_reactor
 
 from scrapy_capsolver_ocr import CaptchaAccountError, CaptchaBudgetError, CaptchaOptionsError
-from scrapy_capsolver_ocr.api.errors import error_for_code
+from scrapy_capsolver_ocr.api.capsolver import error_for_code
 from scrapy_capsolver_ocr.engines.base import CaptchaImage
 from scrapy_capsolver_ocr.engines.cloud.account import Account, AccountLimits
 from scrapy_capsolver_ocr.engines.cloud.retry import Retrier, RetryPolicy

@@ -27,8 +27,15 @@ from scrapy_capsolver_ocr import (
     CaptchaTaskError,
     CaptchaTransientError,
 )
-from scrapy_capsolver_ocr.api.errors import ERROR_TABLE, answer_number, error_for_code, rule_for
-from scrapy_capsolver_ocr.api.image_task import MAX_SOLUTION_LENGTH, solution_from, task_payload
+from scrapy_capsolver_ocr.api.capsolver import (
+    ERROR_TABLE,
+    error_for_code,
+    rule_for,
+    solution_from,
+    task_payload,
+)
+from scrapy_capsolver_ocr.api.errors import answer_number
+from scrapy_capsolver_ocr.api.image_task import MAX_SOLUTION_LENGTH
 from scrapy_capsolver_ocr.checks import redact_url
 from scrapy_capsolver_ocr.images import check_image, declared_size, image_type
 from scrapy_capsolver_ocr.integration.addon import Addon

@@ -1,9 +1,9 @@
-"""One HTTP call to the CapSolver API over treq, and what its answer means.
+"""One HTTP call to a solving service's API over treq, and what its answer means.
 
 This module makes single calls and classifies their outcome into the exceptions of
-:mod:`.errors`; retries, pacing and stats live in the cloud engine
-(:mod:`~scrapy_capsolver_ocr.engines.cloud.retry` and its account guard), where they can be
-counted.
+:mod:`.errors`, by the service's :class:`~.errors.ErrorTable`; retries, pacing and stats
+live in the cloud engine (:mod:`~scrapy_capsolver_ocr.engines.cloud.retry` and its account
+guard), where they can be counted.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..reactor import installed_reactor
 from ..settings import ApiKey
-from .errors import error_for_code
+from .errors import ErrorTable
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ def missing_key_error() -> CaptchaAccountError:
     )
 
 
-class CapSolverApi:
-    """POSTs JSON to the CapSolver API with treq, through one persistent connection pool.
+class ApiClient:
+    """POSTs JSON to a solving service's API with treq, through one persistent connection pool.
 
     TLS certificates are verified (Twisted's browser-like policy); redirects are not
     followed, so the key in the body never goes to another host. treq's agent gets its
@@ -143,8 +143,15 @@ class CapSolverApi:
     """
 
     def __init__(
-        self, api_url: str, api_key: ApiKey | None, timeout: float, max_connections: int
+        self,
+        errors: ErrorTable,
+        api_url: str,
+        api_key: ApiKey | None,
+        timeout: float,
+        max_connections: int,
     ) -> None:
+        self.errors = errors
+        self._service = errors.service
         self.api_url = api_url
         self.api_key = api_key
         self.timeout = timeout
@@ -155,7 +162,10 @@ class CapSolverApi:
         self._http = treq.client.HTTPClient(agent, data_to_body_producer=_whole_body)
 
     def __repr__(self) -> str:
-        return f"CapSolverApi(api_url={self.api_url!r}, api_key={self.api_key!r})"
+        return (
+            f"ApiClient(service={self._service!r}, api_url={self.api_url!r}, "
+            f"api_key={self.api_key!r})"
+        )
 
     async def call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST ``payload`` plus the key to ``/method`` and return the answer's JSON object.
@@ -172,7 +182,9 @@ class CapSolverApi:
         except CaptchaTransientError as exc:
             if method in _PAID_METHODS or exc.error_code != _STALE_CONNECTION:
                 raise
-        logger.debug("CapSolver %s met a closed pooled connection; sending it again", method)
+        logger.debug(
+            "%s %s met a closed pooled connection; sending it again", self._service, method
+        )
         await maybe_deferred_to_future(self._pool.closeCachedConnections())
         return await self._call(method, payload)
 
@@ -184,12 +196,13 @@ class CapSolverApi:
             status, raw = await maybe_deferred_to_future(deferred)
         except TimeoutError:
             raise CaptchaTimeoutError(
-                f"CapSolver {method} took longer than CAPSOLVER_TIMEOUT ({self.timeout:g} s).",
+                f"{self._service} {method} took longer than CAPSOLVER_TIMEOUT "
+                f"({self.timeout:g} s).",
                 "TIMEOUT",
             ) from None
         except _AnswerTooLarge:
             raise CaptchaTransientError(
-                f"CapSolver {method} answered more than {MAX_ANSWER_SIZE} bytes; "
+                f"{self._service} {method} answered more than {MAX_ANSWER_SIZE} bytes; "
                 "not an API answer (a proxy or a broken server in the way?).",
                 "ANSWER_TOO_LARGE",
             ) from None
@@ -204,14 +217,14 @@ class CapSolverApi:
         refused = _tls_refusal(exc)
         if refused:
             return CaptchaTransientError(
-                f"CapSolver {method} failed: the TLS certificate of {self.api_url} was "
+                f"{self._service} {method} failed: the TLS certificate of {self.api_url} was "
                 f"refused ({refused}); the key was not sent. Is a proxy intercepting "
                 "HTTPS, or does CAPSOLVER_API_URL point at the wrong host?",
                 "TLS_CERTIFICATE",
             )
         reason = type(exc).__name__
         return CaptchaTransientError(
-            self._scrub(f"CapSolver {method} failed: {reason}: {exc}"), f"CONNECTION_{reason}"
+            self._scrub(f"{self._service} {method} failed: {reason}: {exc}"), f"CONNECTION_{reason}"
         )
 
     def _scrub(self, text: str) -> str:
@@ -263,18 +276,17 @@ class CapSolverApi:
 
         return request.addBoth(settle)
 
-    @staticmethod
-    def _parse(method: str, status: int, raw: bytes) -> dict[str, Any]:
+    def _parse(self, method: str, status: int, raw: bytes) -> dict[str, Any]:
         try:
             answer = json.loads(raw)
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             answer = None
         if not isinstance(answer, dict):
             if status == 401:
-                raise error_for_code("", "", status)
+                raise self.errors.error_for("", "", status)
             # The body itself is never quoted: a proxy may echo the request, key included.
             said = (
-                f"CapSolver {method} answered HTTP {status} with {len(raw)} bytes that are "
+                f"{self._service} {method} answered HTTP {status} with {len(raw)} bytes that are "
                 "not a JSON object"
             )
             if 400 <= status < 500 and status != 429:
@@ -285,20 +297,20 @@ class CapSolverApi:
             raise CaptchaTransientError(f"{said}.", code)
         error_id = answer.get("errorId")
         if error_id not in (0, None) or (error_id is None and status >= 400):
-            raise error_for_code(
+            raise self.errors.error_for(
                 _answer_text(answer.get("errorCode")),
                 _answer_text(answer.get("errorDescription"), MAX_DESCRIPTION),
                 status,
             )
         if status == 401:
-            raise error_for_code("", "", status)
+            raise self.errors.error_for("", "", status)
         if status >= 500 or status == 429:
             raise CaptchaTransientError(
-                f"CapSolver {method} answered HTTP {status}.", f"HTTP_{status}"
+                f"{self._service} {method} answered HTTP {status}.", f"HTTP_{status}"
             )
         if error_id is None:
             raise CaptchaTransientError(
-                f"CapSolver {method} answered JSON without errorId: not an API answer.",
+                f"{self._service} {method} answered JSON without errorId: not an API answer.",
                 "MALFORMED_ANSWER",
             )
         return answer

@@ -1,6 +1,6 @@
 """The readers of a crawl's solver, built from its settings: with ``CAPSOLVER_LOCAL_OCR``
-the local reader first, then always the cloud reader (CapSolver). The one place where
-``CAPSOLVER_*`` settings become the engines' own small objects."""
+the local reader first, then always the cloud reader (CapSolver, the one provider today).
+The one place where ``CAPSOLVER_*`` settings become the engines' own small objects."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from collections.abc import Callable
 
 from scrapy.statscollectors import StatsCollector
 
-from ..api.client import CapSolverApi
+from ..api.capsolver import CapSolver
+from ..api.client import ApiClient
 from ..api.image_task import TaskRunner
+from ..api.provider import Provider
 from ..engines.base import ImageReader
 from ..engines.cloud.account import Account, AccountLimits
 from ..engines.cloud.reader import CloudReader
@@ -42,7 +44,10 @@ def cloud_reader(
 ) -> CloudReader:
     """The cloud reader, with its API client, account guard and retries, as the settings
     say; ``on_fatal`` closes the crawl with a close reason."""
-    api = CapSolverApi(config.api_url, config.api_key, config.timeout, config.concurrency)
+    provider = provider_for(config)
+    api = ApiClient(
+        provider.errors, config.api_url, config.api_key, config.timeout, config.concurrency
+    )
     limits = AccountLimits(
         concurrency=config.concurrency,
         has_key=config.api_key is not None,
@@ -52,6 +57,7 @@ def cloud_reader(
     account = Account(limits, state, stats, on_fatal, installed_reactor())
     policy = RetryPolicy(config.max_retries, config.backoff_base, config.backoff_max)
     runner = TaskRunner(
+        provider,
         api,
         account.sleep,
         poll_interval=config.poll_interval,
@@ -61,15 +67,13 @@ def cloud_reader(
     )
     retrier = Retrier(policy, stats, account.sleep)
     return CloudReader(
-        api,
-        runner,
-        account,
-        retrier,
-        state,
-        stats,
-        app_id=config.app_id,
-        report_wrong=config.report_wrong,
+        provider, api, runner, account, retrier, state, stats, report_wrong=config.report_wrong
     )
+
+
+def provider_for(config: SolverSettings) -> Provider:
+    """The service the cloud reader pays, as the settings say."""
+    return CapSolver(app_id=config.app_id)
 
 
 def local_reader(config: SolverSettings, stats: StatsCollector) -> ImageReader:

@@ -1,4 +1,5 @@
-"""The cloud reader: CapSolver's createTask, through the API client, with answers shared.
+"""The cloud reader: a solving service's createTask (CapSolver's by default), through its
+:class:`~scrapy_capsolver_ocr.api.provider.Provider` and the API client, with answers shared.
 
 :class:`CloudReader` is the last of the solver's readers: it always answers or raises. An
 image answered before (in any process of a fleet) comes from the crawl's state; one another
@@ -16,9 +17,9 @@ from typing import Any
 
 from scrapy.statscollectors import StatsCollector
 
-from ...api.client import CapSolverApi
-from ...api.errors import answer_number, malformed_answer
-from ...api.image_task import TaskRunner, solution_from, task_payload
+from ...api.client import ApiClient
+from ...api.image_task import TaskRunner
+from ...api.provider import Provider
 from ...errors import (
     CLOSE_ZERO_BALANCE,
     CaptchaAccountError,
@@ -37,30 +38,31 @@ logger = logging.getLogger(__name__)
 
 
 class CloudReader:
-    """Reads images through CapSolver: cached and shared answers, else a paid task."""
+    """Reads images through a solving service: cached and shared answers, else a paid
+    task. Everything the service spells its own way is its ``provider``'s."""
 
     name = CAPSOLVER
     local = False
 
     def __init__(
         self,
-        api: CapSolverApi,
+        provider: Provider,
+        api: ApiClient,
         runner: TaskRunner,
         account: Account,
         retrier: Retrier,
         state: SolvingState,
         stats: StatsCollector,
         *,
-        app_id: str | None = None,
         report_wrong: bool = True,
     ) -> None:
+        self.provider = provider
         self.api = api
         self.account = account
         self._runner = runner
         self._retrier = retrier
         self._state = state
         self._stats = stats
-        self._app_id = app_id
         self._report_wrong = report_wrong
 
     def __repr__(self) -> str:
@@ -95,16 +97,15 @@ class CloudReader:
         return solution
 
     async def _pay(self, captcha: CaptchaImage) -> CaptchaSolution:
-        payload = task_payload(
+        payload = self.provider.task_payload(
             captcha.body,
             module=captcha.module,
             score=captcha.score,
             website_url=captcha.website_url,
-            app_id=self._app_id,
         )
 
         async def attempt() -> CaptchaSolution:
-            return solution_from(await self._call(payload), captcha.sha256)
+            return self.provider.solution(await self._call(payload), captcha.sha256)
 
         return await self._retrier.api_call(attempt, stopped=lambda: self.account.stopped)
 
@@ -131,33 +132,28 @@ class CloudReader:
         pass
 
     async def rejected(self, solution: CaptchaSolution, message: str = "") -> None:
-        """Tell CapSolver (``feedbackTask``) when ``CAPSOLVER_REPORT_WRONG`` is on. A failed
-        report is logged, never raised."""
+        """Tell the service (CapSolver: ``feedbackTask``) when ``CAPSOLVER_REPORT_WRONG`` is
+        on. A failed report is logged, never raised."""
         if not self._report_wrong or not solution.task_id:
             return
-        result: dict[str, Any] = {"invalid": True, "code": 1001}
-        if message:
-            result["message"] = message
-        payload: dict[str, Any] = {"taskId": solution.task_id, "result": result}
-        if self._app_id:
-            payload["appId"] = self._app_id
+        report = self.provider.wrong_answer(solution.task_id, message)
+        if report is None:
+            return
         try:
-            await self.api.call("feedbackTask", payload)
+            await self.api.call(*report)
         except CaptchaSolveError as exc:
             self._stats.inc_value("capsolver/feedback_failed")
-            logger.warning("Could not report a wrong captcha answer to CapSolver: %s", exc)
+            logger.warning(
+                "Could not report a wrong captcha answer to %s: %s", self.provider.name, exc
+            )
         else:
             self._stats.inc_value("capsolver/feedback_sent")
 
     # Balance
 
     async def balance(self) -> float:
-        """The account balance in USD, from ``getBalance``."""
-        answer = await self.api.call("getBalance", {})
-        balance = answer_number(answer.get("balance"))
-        if balance is None:
-            raise malformed_answer("getBalance", "without a finite numeric balance")
-        return balance
+        """The account balance in USD (CapSolver: ``getBalance``)."""
+        return self.provider.balance_from(await self.api.call(*self.provider.balance_call()))
 
     async def record_balance(self, *, at_start: bool) -> float | None:
         """Read the balance into ``capsolver/balance_start`` or ``capsolver/balance_end``.
@@ -171,14 +167,14 @@ class CloudReader:
                 # than send every waiting task into the block.
                 await self.account.blocked(exc, None)
             else:
-                logger.warning("Could not read the CapSolver balance: %s", exc)
+                logger.warning("Could not read the %s balance: %s", self.provider.name, exc)
             return None
         except CaptchaAccountError as exc:
             if at_start:
                 self.account.fail(exc)
             return None
         except CaptchaSolveError as exc:
-            logger.warning("Could not read the CapSolver balance: %s", exc)
+            logger.warning("Could not read the %s balance: %s", self.provider.name, exc)
             return None
         finally:
             self.account.balance_checked()
@@ -188,7 +184,7 @@ class CloudReader:
         if at_start and value <= 0:
             self.account.fail(
                 CaptchaAccountError(
-                    "The CapSolver balance is 0: top it up to solve captchas.",
+                    f"The {self.provider.name} balance is 0: top it up to solve captchas.",
                     "ERROR_ZERO_BALANCE",
                     close_reason=CLOSE_ZERO_BALANCE,
                 )
