@@ -25,7 +25,7 @@ from scrapy_capsolver_ocr import (
 from scrapy_capsolver_ocr.api.capsolver import ERRORS, CapSolver
 from scrapy_capsolver_ocr.api.errors import ErrorRule, ErrorTable
 from scrapy_capsolver_ocr.api.image_task import checked_solution, task_id_text
-from scrapy_capsolver_ocr.api.provider import ApiCall, Provider
+from scrapy_capsolver_ocr.api.provider import ApiCall, Provider, TaskOptions
 from scrapy_capsolver_ocr.errors import CLOSE_BAD_KEY
 from scrapy_capsolver_ocr.integration import readers
 from scrapy_capsolver_ocr.solution import CaptchaSolution
@@ -34,11 +34,10 @@ from scrapy_capsolver_ocr.solution import CaptchaSolution
 
 
 def test_capsolver_task_body_spells_the_plugin_options_its_way() -> None:
-    bare = CapSolver().task_payload(b"img", module=None, score=None, website_url=None)
+    bare = CapSolver().task_payload(b"img", TaskOptions())
     assert bare == {"task": {"type": "ImageToTextTask", "body": "aW1n"}}
-    full = CapSolver(app_id="APP").task_payload(
-        b"img", module="number", score=0.85, website_url="https://site/"
-    )
+    options = TaskOptions(module="number", score=0.85, website_url="https://site/")
+    full = CapSolver(app_id="APP").task_payload(b"img", options)
     assert full == {
         "task": {
             "type": "ImageToTextTask",
@@ -154,17 +153,10 @@ class OtherService:
     name = "OtherService"
     errors = _OTHER_ERRORS
 
-    def task_payload(
-        self,
-        image: bytes,
-        *,
-        module: str | None,
-        score: float | None,
-        website_url: str | None,
-    ) -> dict[str, Any]:
+    def task_payload(self, image: bytes, options: TaskOptions) -> dict[str, Any]:
         task: dict[str, Any] = {"type": "ImageText", "png64": base64.b64encode(image).decode()}
-        if score is not None:
-            task["minConfidence"] = round(score * 100)
+        if options.score is not None:
+            task["minConfidence"] = round(options.score * 100)
         return {"task": task}
 
     def pending(self, answer: dict[str, Any]) -> bool:

@@ -18,7 +18,7 @@ from ..errors import (
 from ..solution import CaptchaSolution
 from .errors import UP_TO_MAX_RETRIES, ErrorRule, ErrorTable, answer_number
 from .image_task import TASK_TYPE, checked_solution, task_id_text
-from .provider import ApiCall
+from .provider import ApiCall, TaskOptions
 
 NAME = "CapSolver"
 _PENDING = frozenset({"idle", "processing"})
@@ -140,16 +140,13 @@ class CapSolver:
     def __repr__(self) -> str:
         return f"CapSolver(app_id={self._app_id!r})"
 
-    def task_payload(
-        self,
-        image: bytes,
-        *,
-        module: str | None,
-        score: float | None,
-        website_url: str | None,
-    ) -> dict[str, Any]:
+    def task_payload(self, image: bytes, options: TaskOptions) -> dict[str, Any]:
         return task_payload(
-            image, module=module, score=score, website_url=website_url, app_id=self._app_id
+            image,
+            module=options.module,
+            score=options.score,
+            website_url=options.website_url,
+            app_id=self._app_id,
         )
 
     def pending(self, answer: dict[str, Any]) -> bool:

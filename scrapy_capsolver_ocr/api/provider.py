@@ -10,6 +10,7 @@ does around a paid task are the same for all of them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..solution import CaptchaSolution
@@ -20,6 +21,17 @@ from .errors import ErrorTable
 ApiCall = tuple[str, dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class TaskOptions:
+    """The plugin's options of one image task (already checked); a provider spells them its
+    own way."""
+
+    module: str | None = None
+    score: float | None = None
+    #: The page the captcha belongs to.
+    website_url: str | None = None
+
+
 class Provider(Protocol):
     """One solving service's dialect of the createTask protocol."""
 
@@ -28,14 +40,7 @@ class Provider(Protocol):
     #: Its error codes, mapped onto the plugin's error classes.
     errors: ErrorTable
 
-    def task_payload(
-        self,
-        image: bytes,
-        *,
-        module: str | None,
-        score: float | None,
-        website_url: str | None,
-    ) -> dict[str, Any]:
+    def task_payload(self, image: bytes, options: TaskOptions) -> dict[str, Any]:
         """The createTask body of an image task with the plugin's task options."""
         ...
 

@@ -19,7 +19,7 @@ from scrapy.statscollectors import StatsCollector
 
 from ...api.client import ApiClient
 from ...api.image_task import TaskRunner
-from ...api.provider import Provider
+from ...api.provider import Provider, TaskOptions
 from ...errors import (
     CLOSE_ZERO_BALANCE,
     CaptchaAccountError,
@@ -97,12 +97,8 @@ class CloudReader:
         return solution
 
     async def _pay(self, captcha: CaptchaImage) -> CaptchaSolution:
-        payload = self.provider.task_payload(
-            captcha.body,
-            module=captcha.module,
-            score=captcha.score,
-            website_url=captcha.website_url,
-        )
+        options = TaskOptions(captcha.module, captcha.score, captcha.website_url)
+        payload = self.provider.task_payload(captcha.body, options)
 
         async def attempt() -> CaptchaSolution:
             return self.provider.solution(await self._call(payload), captcha.sha256)
