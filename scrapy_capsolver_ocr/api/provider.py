@@ -71,6 +71,6 @@ class Provider(Protocol):
         """The balance (USD) in the answer of :meth:`balance_call`."""
         ...
 
-    def wrong_answer(self, task_id: str, message: str) -> ApiCall | None:
-        """The call that reports a wrong answer, or None when the service takes none."""
+    def wrong_answer(self, task_id: str, message: str) -> ApiCall:
+        """The call that reports a wrong answer (all four documented services take one)."""
         ...

@@ -132,11 +132,8 @@ class CloudReader:
         on. A failed report is logged, never raised."""
         if not self._report_wrong or not solution.task_id:
             return
-        report = self.provider.wrong_answer(solution.task_id, message)
-        if report is None:
-            return
         try:
-            await self.api.call(*report)
+            await self.api.call(*self.provider.wrong_answer(solution.task_id, message))
         except CaptchaSolveError as exc:
             self._stats.inc_value("capsolver/feedback_failed")
             logger.warning(
