@@ -132,19 +132,23 @@ async def test_forms_queued_in_a_jobdir_keep_their_answers_across_a_resume(
     assert stat(first, "scheduler/enqueued/disk") >= SESSIONS
 
     second = await crawl(PausingLoginSpider, settings, site=image_site, resume=True)
-    resumed: Any = second.spider
-
     solved = {session: texts[0][1] for session, texts in paused.captchas.items()}
+    assert_resumed_as_paused(second, solved)
+
+
+def assert_resumed_as_paused(crawler: Any, solved: dict[int, str]) -> None:
+    """The resumed crawl sent every queued form with the answer bound to it; session 0's
+    answer was refused, so the captcha request its BoundAnswer kept came back from the
+    JOBDIR as attempt 2, whose answer was refused too (CAPSOLVER_MAX_ATTEMPTS)."""
+    resumed: Any = crawler.spider
     for session in range(1, SESSIONS):
         assert resumed.forms[session] == {"user": f"u{session}", "captcha": solved[session]}
     assert 0 not in resumed.forms
-    # Session 0: its refused answer made the captcha request come back from the JOBDIR,
-    # as attempt 2, whose answer was refused too: CAPSOLVER_MAX_ATTEMPTS.
     assert resumed.captchas == {0: [(2, solved[0])]}
     assert isinstance(resumed.errors.pop(0), CaptchaRejectedError)
     assert resumed.errors == {}
-    assert stat(second, "capsolver/injected") == SESSIONS + 1
-    assert stat(second, "capsolver/rejected") == 2
+    assert stat(crawler, "capsolver/injected") == SESSIONS + 1
+    assert stat(crawler, "capsolver/rejected") == 2
 
 
 class SiteMovedMiddleware:
@@ -192,19 +196,9 @@ async def test_a_jobdir_written_before_the_move_into_subpackages_resumes(
     )
 
     crawler = await crawl(PausingLoginSpider, settings, site=image_site, resume=True)
-    resumed: Any = crawler.spider
 
     assert stat(crawler, "scheduler/dequeued/disk") >= SESSIONS
-    for session in range(1, SESSIONS):
-        assert resumed.forms[session] == {"user": f"u{session}", "captcha": solved[session]}
-    # Session 0's answer is refused: the captcha request its BoundAnswer kept is sent again,
-    # as attempt 2, and the refused answer's CaptchaSolution is reported by its task id.
-    assert 0 not in resumed.forms
-    assert resumed.captchas == {0: [(2, solved[0])]}
-    assert isinstance(resumed.errors.pop(0), CaptchaRejectedError)
-    assert resumed.errors == {}
-    assert stat(crawler, "capsolver/injected") == SESSIONS + 1
-    assert stat(crawler, "capsolver/rejected") == 2
+    assert_resumed_as_paused(crawler, solved)
     reported = [call["body"]["taskId"] for call in capsolver.calls("feedbackTask")]
     assert len(reported) == 2 and reported[0] != reported[1], reported
     assert str(reported[0]).encode() in queue  # the task of the answer pickled by the flat layout
