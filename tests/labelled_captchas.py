@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,29 @@ def demo_maker(style: str) -> Any:
     return CaptchaMaker.of_style(style)
 
 
-def draw_labelled(folder: Path, style: str, count: int) -> list[str]:
-    """``count`` captchas of ``style`` saved as ``NUMBER_ANSWER.png`` in ``folder``; their
-    answers."""
+def fixed_captchas(style: str, count: int, seed: int = 7) -> list[tuple[str, bytes]]:
+    """``count`` (answer, PNG) pairs of ``style``, the same ones on every run: tests that
+    count how many the engine reads must not depend on the luck of the draw. The drawers
+    use the global ``random``; its state is put back afterwards."""
     maker = demo_maker(style)
+    answers = random.Random(seed)
+    saved = random.getstate()
+    random.seed(seed)
+    try:
+        drawn = []
+        for _ in range(count):
+            answer = "".join(answers.choice(maker.alphabet) for _ in range(maker.length))
+            drawn.append((answer, maker.render(answer)))
+        return drawn
+    finally:
+        random.setstate(saved)
+
+
+def draw_labelled(folder: Path, style: str, count: int) -> list[str]:
+    """``count`` fixed captchas of ``style`` saved as ``NUMBER_ANSWER.png`` in ``folder``;
+    their answers."""
     folder.mkdir(parents=True, exist_ok=True)
-    answers = []
-    for number in range(count):
-        answer = maker.new_answer()
-        (folder / f"{number:04d}_{answer}.png").write_bytes(maker.render(answer))
-        answers.append(answer)
-    return answers
+    drawn = fixed_captchas(style, count)
+    for number, (answer, image) in enumerate(drawn):
+        (folder / f"{number:04d}_{answer}.png").write_bytes(image)
+    return [answer for answer, _ in drawn]
