@@ -184,6 +184,9 @@ class OtherService:
     def wrong_answer(self, task_id: str, message: str) -> ApiCall:
         return "reportIncorrect", {"taskId": int(task_id)}
 
+    def unsupported(self, options: TaskOptions) -> list[str]:
+        return ["module"] if options.module is not None else []
+
 
 def _other_service() -> Provider:
     return OtherService()

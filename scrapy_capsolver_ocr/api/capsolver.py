@@ -178,3 +178,6 @@ class CapSolver:
         if self._app_id:
             payload["appId"] = self._app_id
         return "feedbackTask", payload
+
+    def unsupported(self, options: TaskOptions) -> list[str]:
+        return []

@@ -74,3 +74,8 @@ class Provider(Protocol):
     def wrong_answer(self, task_id: str, message: str) -> ApiCall:
         """The call that reports a wrong answer (all four documented services take one)."""
         ...
+
+    def unsupported(self, options: TaskOptions) -> list[str]:
+        """The names of the options in ``options`` this service cannot honour (the crawl
+        warns once at start, naming them and the service)."""
+        ...
