@@ -62,7 +62,7 @@ class OptionSpec:
         if self.choices and value not in self.choices:
             allowed = ", ".join(repr(choice) for choice in self.choices)
             raise ValueError(f"{service} option {name!r} must be one of {allowed}, not {value!r}")
-        if self.minimum is not None and int(value) < self.minimum:
+        if self.minimum is not None and isinstance(value, int) and value < self.minimum:
             raise ValueError(
                 f"{service} option {name!r} must be at least {self.minimum}, not {value!r}"
             )
