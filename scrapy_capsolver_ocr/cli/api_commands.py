@@ -18,7 +18,7 @@ from scrapy.crawler import Crawler
 from scrapy.settings import Settings
 from scrapy.statscollectors import MemoryStatsCollector
 
-from ..api.provider import Provider
+from ..api.provider import Provider, TaskOptions
 from ..api.registry import PROVIDER_KINDS
 from ..engines.cloud.reader import CloudReader
 from ..errors import CaptchaSolveError
@@ -68,6 +68,16 @@ def solver_settings(
         return SolverSettings.from_settings(settings)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+
+
+def check_honoured(provider: str, module: str | None, score: float | None) -> None:
+    """Refuse ``--module`` or ``--score`` when ``provider`` has no field for them: a command
+    never drops an option that changes the answer."""
+    service = command_provider(provider)
+    dropped = service.unsupported(TaskOptions(module=module, score=score))
+    if dropped:
+        options = " and ".join(f"--{name}" for name in dropped)
+        raise CommandError(f"{service.name} cannot honour {options}; leave it out")
 
 
 def solve_command(image: bytes, source: str, module: str | None, score: float | None) -> Command:

@@ -306,6 +306,7 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
 
 def _solve(args: argparse.Namespace) -> int:
     try:
+        api_commands.check_honoured(args.provider, args.module, args.score)
         config = _api_config(args)
         if args.image == "-":
             image, source = _read_image(sys.stdin.buffer, "stdin", config.max_image_size), "stdin"

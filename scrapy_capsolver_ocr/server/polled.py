@@ -267,7 +267,9 @@ class LocalPolledService:
                 f"read with {sure:.0%} confidence, under recognizingThreshold",
             )
         else:
-            record.answer = {"errorId": 0, "status": "ready", "solution": solution}
+            # None of the three sends a confidence with the text.
+            text = {"text": solution["text"]}
+            record.answer = {"errorId": 0, "status": "ready", "solution": text}
             if self.dialect.cost_fields:
                 # Free here; the services send the cost as text.
                 now = int(self._reactor.seconds())
