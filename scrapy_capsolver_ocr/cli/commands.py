@@ -342,10 +342,12 @@ def _api_config(args: argparse.Namespace) -> SolverSettings:
     # Without --verbose the solver's own log lines would repeat the one-line error.
     _configure_logging("DEBUG" if args.verbose else "CRITICAL")
     retries: int = getattr(args, "retries", 0)
-    return api_commands.solver_settings(_api_url(args), args.timeout, retries, args.provider)
+    return api_commands.solver_settings(api_url(args), args.timeout, retries, args.provider)
 
 
-def _api_url(args: argparse.Namespace) -> str:
+def api_url(args: argparse.Namespace) -> str:
+    """The base URL ``solve`` and ``balance`` call: ``--api-url``, else CapSolver's
+    ``$CAPSOLVER_API_URL`` or its URL, else another provider's own URL."""
     if args.api_url:
         return str(args.api_url)
     if args.provider == "capsolver":
