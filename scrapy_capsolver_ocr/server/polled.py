@@ -21,7 +21,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -29,10 +28,9 @@ from ..api.image_task import TASK_TYPE
 from ..images import image_type
 from .protocol import (
     LOCAL_BALANCE,
-    REMEMBERED_TASKS,
     ApiError,
     JsonObject,
-    KeyCheck,
+    LocalService,
     Recognizer,
     check_declared_pixels,
     engine_failure,
@@ -125,8 +123,9 @@ class _Task:
     failed: ApiError | None = None
 
 
-class LocalPolledService:
-    """One of the three dialects: checks requests, starts the reading, answers polls."""
+class LocalPolledService(LocalService):
+    """One of the three dialects: checks requests, starts the reading, answers polls.
+    ``options`` are :class:`LocalService`'s."""
 
     def __init__(
         self,
@@ -134,18 +133,10 @@ class LocalPolledService:
         engine: Recognizer,
         pool: ThreadPool,
         reactor: Any,
-        *,
-        max_pixels: int,
-        require_key: str | None = None,
-        remembered_tasks: int = REMEMBERED_TASKS,
+        **options: Any,
     ) -> None:
+        super().__init__(engine, pool, reactor, **options)
         self.dialect = dialect
-        self._engine = engine
-        self._pool = pool
-        self._reactor = reactor
-        self._max_pixels = max_pixels
-        self._key = KeyCheck(require_key)
-        self._remembered = remembered_tasks
         self._next_id = FIRST_TASK_ID
         self._tasks: OrderedDict[int, _Task] = OrderedDict()
 
@@ -175,10 +166,7 @@ class LocalPolledService:
         self._next_id += 1
         record = _Task()
         remember(self._tasks, task_id, record, self._remembered)
-        reading = deferToThreadPool(
-            self._reactor, self._pool, self._engine.recognize, image, module
-        )
-        reading.addCallbacks(
+        self.read(image, module).addCallbacks(
             self._solved, self._unsolved, callbackArgs=(record, threshold), errbackArgs=(record,)
         )
         return {"errorId": 0, "taskId": task_id}

@@ -213,8 +213,9 @@ def engine_failure(failure: Failure, code: str, http_status: int = 400) -> ApiEr
     return ApiError("ERROR_CAPTCHA_UNSOLVABLE", "the OCR engine failed on this image", http_status)
 
 
-class LocalCapSolver:
-    """The API's behaviour apart from HTTP: checks requests, runs OCR, builds the answers."""
+class LocalService:
+    """What every dialect the server speaks has: the engine and the threads it reads in,
+    the pixel cap, the required key, how many recent tasks are remembered."""
 
     def __init__(
         self,
@@ -232,6 +233,17 @@ class LocalCapSolver:
         self._max_pixels = max_pixels
         self._key = KeyCheck(require_key)
         self._remembered = remembered_tasks
+
+    def read(self, image: bytes, module: str) -> Deferred[str | Reading]:
+        """The engine's reading of ``image``, in a worker thread."""
+        return deferToThreadPool(self._reactor, self._pool, self._engine.recognize, image, module)
+
+
+class LocalCapSolver(LocalService):
+    """CapSolver's API apart from HTTP: checks requests, runs OCR, builds the answers."""
+
+    def __init__(self, engine: Recognizer, pool: ThreadPool, reactor: Any, **options: Any) -> None:
+        super().__init__(engine, pool, reactor, **options)
         # The ready answer of each recent task, oldest first.
         self._tasks: OrderedDict[str, JsonObject] = OrderedDict()
 
@@ -248,10 +260,7 @@ class LocalCapSolver:
         self._check_key(payload)
         image, module = read_task(payload)
         check_declared_pixels(image, self._max_pixels)
-        reading = deferToThreadPool(
-            self._reactor, self._pool, self._engine.recognize, image, module
-        )
-        return reading.addCallbacks(self._solved, self._unsolved)
+        return self.read(image, module).addCallbacks(self._solved, self._unsolved)
 
     def get_task_result(self, payload: JsonObject) -> JsonObject:
         self._check_key(payload)
