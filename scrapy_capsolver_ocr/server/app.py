@@ -14,8 +14,12 @@ reads digits only, every other module any character the model knows. The batch f
 (``images``) is not served. The engine is the one local-first solving reads with in a crawl
 (:mod:`~scrapy_capsolver_ocr.engines.local`), and each solution carries its ``confidence``.
 
-The protocol lives in :mod:`~scrapy_capsolver_ocr.server.protocol`, the HTTP layer and its
-limits in :mod:`~scrapy_capsolver_ocr.server.http`. Run the server with
+Anti-Captcha's, CapMonster Cloud's and 2Captcha's dialects are served too, each under its own
+path prefix (``/anticaptcha/createTask``, ...; :mod:`~scrapy_capsolver_ocr.server.polled`),
+and ``protocol`` puts one of them at the root instead of CapSolver's.
+
+CapSolver's protocol lives in :mod:`~scrapy_capsolver_ocr.server.protocol`, the HTTP layer and
+its limits in :mod:`~scrapy_capsolver_ocr.server.http`. Run the server with
 ``scrapy-capsolver-ocr serve``, or inside a running reactor with :func:`start_server`.
 """
 

@@ -1,12 +1,15 @@
 """The local OCR server's HTTP layer: JSON in and out, and the limits that keep it answering.
 
-Every answer, errors included, is CapSolver's JSON with HTTP 200, 400 or 401, whatever the
-client sends: another HTTP verb, an unknown path, a body that is not JSON or is nested too
-deeply, a malformed request. The limits (:class:`ServerLimits`) guard the server against
-abusive clients: a request body cap checked before the body is read, a deadline for a whole
-request once it starts (slow-header and slow-body clients), an idle timeout, and a cap on
-open connections that closes the longest-idle one to make room, so idle connections never
-lock new clients out.
+Every answer, errors included, is JSON in the error format the four services share
+(``errorId``, ``errorCode``, ``errorDescription``), whatever the client sends: another HTTP
+verb, an unknown path, a body that is not JSON or is nested too deeply, a malformed request.
+Those refusals are CapSolver's (HTTP 400), except an unknown method under another dialect's
+prefix, which that dialect refuses its own way.
+
+The limits (:class:`ServerLimits`) guard the server against abusive clients: a request body
+cap checked before the body is read, a deadline for a whole request once it starts
+(slow-header and slow-body clients), an idle timeout, and a cap on open connections that
+closes the longest-idle one to make room, so idle connections never lock new clients out.
 """
 
 from __future__ import annotations
