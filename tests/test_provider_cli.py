@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SERVERS, closed_port_url, run_command
-from ocr_server_helpers import server_env
+from ocr_server_helpers import SERVE, clean_png, server_env
 from servers.image_site import captcha_image
 from servers.process import running_server
 
@@ -144,3 +144,24 @@ def test_an_unknown_provider_is_a_usage_error() -> None:
     result = run_cli("balance", "--provider", "deathbycaptcha")
     assert result.returncode == 2
     assert "invalid choice: 'deathbycaptcha'" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def serve_url() -> Iterator[str]:
+    """`scrapy-capsolver-ocr serve` itself, reading with ddddocr."""
+    pytest.importorskip("ddddocr", reason='the OCR extra: pip install ".[ocr]"')
+    with running_server(SERVE, env=server_env(**{cli.REQUIRE_KEY_ENV: KEY})) as url:
+        yield url
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_serve_reads_real_captchas_in_every_dialect(
+    serve_url: str, tmp_path: Path, dialect: str
+) -> None:
+    image_file = tmp_path / "clean.png"
+    image_file.write_bytes(clean_png("AB12"))
+    api = ["--provider", dialect, "--api-url", f"{serve_url}/{dialect}"]
+    variable = PROVIDER_KINDS[dialect].key_variable
+    solved = run_cli("solve", str(image_file), *api, **{variable: KEY})
+    # The model is sure of the letters, not of their case: sites compare ignoring case.
+    assert (solved.returncode, solved.stdout.upper(), solved.stderr) == (0, "AB12\n", "")

@@ -5,8 +5,11 @@ the registry's, as test_providers.py makes it."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import pprint
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +21,12 @@ from crawling import RecordingSpider, crawl, solver_settings, stat
 from ocr_server_helpers import server_env
 from servers.process import running_server
 
-from scrapy_capsolver_ocr import CaptchaAccountError, CaptchaTaskError
+from scrapy_capsolver_ocr import (
+    CaptchaAccountError,
+    CaptchaNoSlotError,
+    CaptchaTaskError,
+    CaptchaTransientError,
+)
 from scrapy_capsolver_ocr.api.registry import PROVIDER_KINDS
 from scrapy_capsolver_ocr.errors import CLOSE_BAD_KEY
 from scrapy_capsolver_ocr.integration import readers
@@ -176,3 +184,78 @@ async def test_a_refused_key_closes_the_crawl_naming_the_variable_and_never_the_
     assert all(isinstance(error, CaptchaAccountError) for error in errors)
     shown = caplog.text + pprint.pformat(crawler.stats.get_stats()) + repr(errors)  # type: ignore[union-attr]
     assert "SECRET" not in shown
+
+
+# What the bundled server never answers, from a scripted server of the same dialect
+
+
+class Scripted:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def calls(self) -> list[str]:
+        with urllib.request.urlopen(f"{self.url}/_calls", timeout=10) as answer:
+            return list(json.loads(answer.read()))
+
+
+@contextlib.contextmanager
+def scripted(create_errors: str = "", poll_errors: str = "") -> Iterator[Scripted]:
+    argv = [str(SERVERS / "scripted_dialect.py"), "--key", API_KEY]
+    argv += ["--create-errors", create_errors, "--poll-errors", poll_errors]
+    with running_server(argv) as url:
+        yield Scripted(url)
+
+
+def scripted_settings(
+    monkeypatch: pytest.MonkeyPatch, name: str, server: Scripted, **extra: Any
+) -> Any:
+    provider = PROVIDER_KINDS[name].build({}, None)
+    monkeypatch.setattr(readers, "provider_for", lambda config: provider)
+    return solver_settings(
+        None, CAPSOLVER_API_URL=server.url, CAPSOLVER_POLL_INTERVAL=0.01, **extra
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_slot_is_retried_with_backoff_then_solved(
+    monkeypatch: pytest.MonkeyPatch, image_site: str
+) -> None:
+    url = f"{image_site}/captcha/ab12.png"
+    with scripted(create_errors="ERROR_NO_SLOT_AVAILABLE,ERROR_NO_SLOT_AVAILABLE") as server:
+        settings = scripted_settings(monkeypatch, "anticaptcha", server, CAPSOLVER_MAX_RETRIES=3)
+        crawler = await crawl(RecordingSpider, settings, urls=[url])
+        calls = server.calls()
+    assert crawler.spider.texts == {url: "ab12"}  # type: ignore[union-attr]
+    assert calls.count("createTask") == 3
+    assert stat(crawler, "capsolver/retries/ERROR_NO_SLOT_AVAILABLE") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_slot_through_every_retry_reaches_the_errback_as_no_slot(
+    monkeypatch: pytest.MonkeyPatch, image_site: str
+) -> None:
+    url = f"{image_site}/captcha/ab12.png"
+    with scripted(create_errors=",".join(["ERROR_NO_SLOT_AVAILABLE"] * 3)) as server:
+        settings = scripted_settings(monkeypatch, "2captcha", server, CAPSOLVER_MAX_RETRIES=1)
+        crawler = await crawl(RecordingSpider, settings, urls=[url])
+        calls = server.calls()
+    error = crawler.spider.errors[url]  # type: ignore[union-attr]
+    assert type(error) is CaptchaNoSlotError
+    assert isinstance(error, CaptchaTransientError)
+    assert str(error).startswith("2Captcha answered ERROR_NO_SLOT_AVAILABLE (scripted): ")
+    assert calls.count("createTask") == 2
+    assert stat(crawler, "finish_reason") == "finished"
+
+
+@pytest_twisted.ensureDeferred
+async def test_capmonster_asking_to_wait_is_polled_again_not_created_again(
+    monkeypatch: pytest.MonkeyPatch, image_site: str
+) -> None:
+    url = f"{image_site}/captcha/ab12.png"
+    with scripted(poll_errors="CAPTCHA_NOT_READY,ERROR_TOO_MUCH_REQUESTS") as server:
+        settings = scripted_settings(monkeypatch, "capmonster", server)
+        crawler = await crawl(RecordingSpider, settings, urls=[url])
+        calls = server.calls()
+    assert crawler.spider.texts == {url: "ab12"}  # type: ignore[union-attr]
+    assert calls.count("createTask") == 1
+    assert calls.count("getTaskResult") == 3 == stat(crawler, "capsolver/polls")
