@@ -19,6 +19,7 @@ from captcha_spiders import ITEMS, PageLoginSpider
 from conftest import API_KEY, SERVERS
 from crawling import RecordingSpider, crawl, solver_settings, stat
 from ocr_server_helpers import server_env
+from scrapy.crawler import Crawler
 from servers.process import running_server
 
 from scrapy_capsolver_ocr import (
@@ -36,6 +37,17 @@ DIALECTS = ("anticaptcha", "capmonster", "2captcha")
 NAMES = {"anticaptcha": "Anti-Captcha", "capmonster": "CapMonster Cloud", "2captcha": "2Captcha"}
 #: Anti-Captcha charges for an unsolvable image: it is not sent again; the others once more.
 UNSOLVABLE_TASKS = {"anticaptcha": 1, "capmonster": 2, "2captcha": 2}
+
+
+def recorded(crawler: Crawler) -> Any:
+    """The crawl's RecordingSpider."""
+    assert isinstance(crawler.spider, RecordingSpider)
+    return crawler.spider
+
+
+def stats_of(crawler: Crawler) -> dict[str, Any]:
+    assert crawler.stats is not None
+    return crawler.stats.get_stats()
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +143,11 @@ async def test_capmonster_gets_the_score_as_its_recognizing_threshold(
         urls=[sure],
         meta={"solve_image": {"score": 0.8, "module": "universal"}},
     )
-    assert crawler.spider.texts == {sure: "ab12"}  # type: ignore[union-attr]
+    assert recorded(crawler).texts == {sure: "ab12"}
     crawler = await crawl(
         RecordingSpider, settings, urls=[unsure], meta={"solve_image": {"score": 0.9}}
     )
-    error = crawler.spider.errors[unsure]  # type: ignore[union-attr]
+    error = recorded(crawler).errors[unsure]
     assert (type(error), error.error_code) == (CaptchaTaskError, "ERROR_CAPTCHA_UNSOLVABLE")
     assert stat(crawler, "capsolver/task_count") == 2
 
@@ -147,11 +159,11 @@ async def test_an_image_too_big_for_one_service_is_refused_there_only(
     # About 60 kB: over CapMonster's 50 KB, within Anti-Captcha's 500,000 bytes.
     url = f"{image_site}/noise/7.png?size=60000"
     crawler = await crawl(RecordingSpider, through.settings("capmonster"), urls=[url])
-    error = crawler.spider.errors[url]  # type: ignore[union-attr]
+    error = recorded(crawler).errors[url]
     assert (type(error), error.error_code) == (CaptchaTaskError, "ERROR_TOO_BIG_CAPTCHA_FILESIZE")
     assert stat(crawler, "capsolver/task_count") == 1
     crawler = await crawl(RecordingSpider, through.settings("anticaptcha"), urls=[url])
-    assert crawler.spider.texts == {url: "n7"}  # type: ignore[union-attr]
+    assert recorded(crawler).texts == {url: "n7"}
 
 
 @pytest.mark.parametrize(
@@ -182,7 +194,7 @@ async def test_a_refused_key_closes_the_crawl_naming_the_variable_and_never_the_
     assert f"check {variable}" in caplog.text
     errors = list(spider.errors.values())
     assert all(isinstance(error, CaptchaAccountError) for error in errors)
-    shown = caplog.text + pprint.pformat(crawler.stats.get_stats()) + repr(errors)  # type: ignore[union-attr]
+    shown = caplog.text + pprint.pformat(stats_of(crawler)) + repr(errors)
     assert "SECRET" not in shown
 
 
@@ -225,7 +237,7 @@ async def test_no_slot_is_retried_with_backoff_then_solved(
         settings = scripted_settings(monkeypatch, "anticaptcha", server, CAPSOLVER_MAX_RETRIES=3)
         crawler = await crawl(RecordingSpider, settings, urls=[url])
         calls = server.calls()
-    assert crawler.spider.texts == {url: "ab12"}  # type: ignore[union-attr]
+    assert recorded(crawler).texts == {url: "ab12"}
     assert calls.count("createTask") == 3
     assert stat(crawler, "capsolver/retries/ERROR_NO_SLOT_AVAILABLE") == 2
 
@@ -239,7 +251,7 @@ async def test_no_slot_through_every_retry_reaches_the_errback_as_no_slot(
         settings = scripted_settings(monkeypatch, "2captcha", server, CAPSOLVER_MAX_RETRIES=1)
         crawler = await crawl(RecordingSpider, settings, urls=[url])
         calls = server.calls()
-    error = crawler.spider.errors[url]  # type: ignore[union-attr]
+    error = recorded(crawler).errors[url]
     assert type(error) is CaptchaNoSlotError
     assert isinstance(error, CaptchaTransientError)
     assert str(error).startswith("2Captcha answered ERROR_NO_SLOT_AVAILABLE (scripted): ")
@@ -256,6 +268,6 @@ async def test_capmonster_asking_to_wait_is_polled_again_not_created_again(
         settings = scripted_settings(monkeypatch, "capmonster", server)
         crawler = await crawl(RecordingSpider, settings, urls=[url])
         calls = server.calls()
-    assert crawler.spider.texts == {url: "ab12"}  # type: ignore[union-attr]
+    assert recorded(crawler).texts == {url: "ab12"}
     assert calls.count("createTask") == 1
     assert calls.count("getTaskResult") == 3 == stat(crawler, "capsolver/polls")
