@@ -5,16 +5,14 @@ the registry's, as test_providers.py makes it."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import pprint
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
+import treq
 from captcha_spiders import ITEMS, PageLoginSpider
 from conftest import API_KEY, SERVERS
 from crawling import RecordingSpider, crawl, solver_settings, stat
@@ -201,31 +199,30 @@ async def test_a_refused_key_closes_the_crawl_naming_the_variable_and_never_the_
 # What the bundled server never answers, from a scripted server of the same dialect
 
 
-class Scripted:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def calls(self) -> list[str]:
-        with urllib.request.urlopen(f"{self.url}/_calls", timeout=10) as answer:
-            return list(json.loads(answer.read()))
-
-
-@contextlib.contextmanager
-def scripted(create_errors: str = "", poll_errors: str = "") -> Iterator[Scripted]:
+async def scripted_crawl(
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    url: str,
+    *,
+    create_errors: str = "",
+    poll_errors: str = "",
+    **extra: Any,
+) -> tuple[Crawler, list[str]]:
+    """A crawl of ``url`` through provider ``name`` against tests/servers/scripted_dialect.py
+    answering those errors first; returns the crawler and the methods the server was
+    called with, in order."""
     argv = [str(SERVERS / "scripted_dialect.py"), "--key", API_KEY]
     argv += ["--create-errors", create_errors, "--poll-errors", poll_errors]
-    with running_server(argv) as url:
-        yield Scripted(url)
-
-
-def scripted_settings(
-    monkeypatch: pytest.MonkeyPatch, name: str, server: Scripted, **extra: Any
-) -> Any:
     provider = PROVIDER_KINDS[name].build({}, None)
     monkeypatch.setattr(readers, "provider_for", lambda config: provider)
-    return solver_settings(
-        None, CAPSOLVER_API_URL=server.url, CAPSOLVER_POLL_INTERVAL=0.01, **extra
-    )
+    with running_server(argv) as server:
+        settings = solver_settings(
+            None, CAPSOLVER_API_URL=server, CAPSOLVER_POLL_INTERVAL=0.01, **extra
+        )
+        crawler = await crawl(RecordingSpider, settings, urls=[url])
+        calls = await treq.get(f"{server}/_calls", timeout=10)
+        methods: list[str] = await calls.json()
+    return crawler, methods
 
 
 @pytest_twisted.ensureDeferred
@@ -233,10 +230,10 @@ async def test_no_slot_is_retried_with_backoff_then_solved(
     monkeypatch: pytest.MonkeyPatch, image_site: str
 ) -> None:
     url = f"{image_site}/captcha/ab12.png"
-    with scripted(create_errors="ERROR_NO_SLOT_AVAILABLE,ERROR_NO_SLOT_AVAILABLE") as server:
-        settings = scripted_settings(monkeypatch, "anticaptcha", server, CAPSOLVER_MAX_RETRIES=3)
-        crawler = await crawl(RecordingSpider, settings, urls=[url])
-        calls = server.calls()
+    no_slot_twice = "ERROR_NO_SLOT_AVAILABLE,ERROR_NO_SLOT_AVAILABLE"
+    crawler, calls = await scripted_crawl(
+        monkeypatch, "anticaptcha", url, create_errors=no_slot_twice, CAPSOLVER_MAX_RETRIES=3
+    )
     assert recorded(crawler).texts == {url: "ab12"}
     assert calls.count("createTask") == 3
     assert stat(crawler, "capsolver/retries/ERROR_NO_SLOT_AVAILABLE") == 2
@@ -247,10 +244,10 @@ async def test_no_slot_through_every_retry_reaches_the_errback_as_no_slot(
     monkeypatch: pytest.MonkeyPatch, image_site: str
 ) -> None:
     url = f"{image_site}/captcha/ab12.png"
-    with scripted(create_errors=",".join(["ERROR_NO_SLOT_AVAILABLE"] * 3)) as server:
-        settings = scripted_settings(monkeypatch, "2captcha", server, CAPSOLVER_MAX_RETRIES=1)
-        crawler = await crawl(RecordingSpider, settings, urls=[url])
-        calls = server.calls()
+    no_slot = ",".join(["ERROR_NO_SLOT_AVAILABLE"] * 3)
+    crawler, calls = await scripted_crawl(
+        monkeypatch, "2captcha", url, create_errors=no_slot, CAPSOLVER_MAX_RETRIES=1
+    )
     error = recorded(crawler).errors[url]
     assert type(error) is CaptchaNoSlotError
     assert isinstance(error, CaptchaTransientError)
@@ -264,10 +261,9 @@ async def test_capmonster_asking_to_wait_is_polled_again_not_created_again(
     monkeypatch: pytest.MonkeyPatch, image_site: str
 ) -> None:
     url = f"{image_site}/captcha/ab12.png"
-    with scripted(poll_errors="CAPTCHA_NOT_READY,ERROR_TOO_MUCH_REQUESTS") as server:
-        settings = scripted_settings(monkeypatch, "capmonster", server)
-        crawler = await crawl(RecordingSpider, settings, urls=[url])
-        calls = server.calls()
+    crawler, calls = await scripted_crawl(
+        monkeypatch, "capmonster", url, poll_errors="CAPTCHA_NOT_READY,ERROR_TOO_MUCH_REQUESTS"
+    )
     assert recorded(crawler).texts == {url: "ab12"}
     assert calls.count("createTask") == 1
     assert calls.count("getTaskResult") == 3 == stat(crawler, "capsolver/polls")
