@@ -80,6 +80,12 @@ class CaptchaTimeoutError(CaptchaTransientError):
     """The API call took longer than ``CAPSOLVER_TIMEOUT`` seconds, on every attempt."""
 
 
+class CaptchaNoSlotError(CaptchaTransientError):
+    """The service takes no tasks for now (``ERROR_NO_SLOT_AVAILABLE`` of Anti-Captcha,
+    CapMonster Cloud and 2Captcha: no idle workers, or the bid is too low): retried with
+    backoff like any transient failure, and still refused after every retry."""
+
+
 class CaptchaFleetError(CaptchaTransientError):
     """Fleet mode: the shared state (Redis at ``CAPSOLVER_REDIS_URL``) could not be
     reached through every retry. Nothing was paid without it: the budget is never

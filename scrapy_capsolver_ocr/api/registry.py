@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import anticaptcha, capmonster, twocaptcha
 from .capsolver import CapSolver
 from .provider import Provider
 
@@ -36,9 +37,31 @@ def _capsolver(options: Mapping[str, Any], app_id: str | None) -> Provider:
     return CapSolver(app_id=app_id)
 
 
+# CAPSOLVER_APP_ID is CapSolver's developer id: the other services have ids of their own.
+def _anticaptcha(options: Mapping[str, Any], app_id: str | None) -> Provider:
+    return anticaptcha.AntiCaptcha(options)
+
+
+def _capmonster(options: Mapping[str, Any], app_id: str | None) -> Provider:
+    return capmonster.CapMonster(options)
+
+
+def _twocaptcha(options: Mapping[str, Any], app_id: str | None) -> Provider:
+    return twocaptcha.TwoCaptcha(options)
+
+
 #: Every service by name, in the order the documentation lists them.
 PROVIDER_KINDS: dict[str, ProviderKind] = {
     "capsolver": ProviderKind(
         "capsolver", "https://api.capsolver.com", "CAPSOLVER_API_KEY", _capsolver
+    ),
+    "anticaptcha": ProviderKind(
+        "anticaptcha", anticaptcha.DEFAULT_URL, anticaptcha.KEY_VARIABLE, _anticaptcha
+    ),
+    "capmonster": ProviderKind(
+        "capmonster", capmonster.DEFAULT_URL, capmonster.KEY_VARIABLE, _capmonster
+    ),
+    "2captcha": ProviderKind(
+        "2captcha", twocaptcha.DEFAULT_URL, twocaptcha.KEY_VARIABLE, _twocaptcha
     ),
 }

@@ -7,8 +7,10 @@ checks, retries, error classification), run on a Twisted reactor with
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from scrapy import Spider
@@ -16,9 +18,11 @@ from scrapy.crawler import Crawler
 from scrapy.settings import Settings
 from scrapy.statscollectors import MemoryStatsCollector
 
+from ..api.provider import Provider, TaskOptions
+from ..api.registry import PROVIDER_KINDS
 from ..engines.cloud.reader import CloudReader
 from ..errors import CaptchaSolveError
-from ..integration.readers import cloud_reader
+from ..integration import readers
 from ..settings import SolverSettings
 from ..solving.solver import CaptchaSolver
 from ..state.base import MemoryState
@@ -32,10 +36,27 @@ class CommandError(Exception):
     """A failure to report in one line, with no traceback."""
 
 
-def solver_settings(api_url: str, timeout: float, retries: int) -> SolverSettings:
-    """The solver's settings for one command; the key comes from ``CAPSOLVER_API_KEY``."""
+def command_provider(name: str) -> Provider:
+    """The provider a command talks to, by its name in the registry (without options)."""
+    return PROVIDER_KINDS[name].build({}, None)
+
+
+def solver_settings(
+    api_url: str, timeout: float, retries: int, provider: str = "capsolver"
+) -> SolverSettings:
+    """The solver's settings for one command; the key comes from ``provider``'s own
+    environment variable (``CAPSOLVER_API_KEY``, ``ANTICAPTCHA_API_KEY``, ...), never from
+    another service's."""
+    kind = PROVIDER_KINDS[provider]
+    key = os.environ.get(kind.key_variable)
+    if not key:
+        service = command_provider(provider).name
+        raise CommandError(
+            f"No {service} API key: set the {kind.key_variable} environment variable."
+        )
     settings = Settings(
         {
+            "CAPSOLVER_API_KEY": key,
             "CAPSOLVER_API_URL": api_url,
             "CAPSOLVER_TIMEOUT": timeout,
             "CAPSOLVER_MAX_RETRIES": retries,
@@ -44,12 +65,19 @@ def solver_settings(api_url: str, timeout: float, retries: int) -> SolverSetting
         }
     )
     try:
-        config = SolverSettings.from_settings(settings)
+        return SolverSettings.from_settings(settings)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    if config.api_key is None:
-        raise CommandError("No CapSolver API key: set the CAPSOLVER_API_KEY environment variable.")
-    return config
+
+
+def check_honoured(provider: str, module: str | None, score: float | None) -> None:
+    """Refuse ``--module`` or ``--score`` when ``provider`` has no field for them: a command
+    never drops an option that changes the answer."""
+    service = command_provider(provider)
+    dropped = service.unsupported(TaskOptions(module=module, score=score))
+    if dropped:
+        options = " and ".join(f"--{name}" for name in dropped)
+        raise CommandError(f"{service.name} cannot honour {options}; leave it out")
 
 
 def solve_command(image: bytes, source: str, module: str | None, score: float | None) -> Command:
@@ -64,8 +92,22 @@ async def balance_command(solver: CaptchaSolver, cloud: CloudReader) -> str:
     return f"{await cloud.balance():.4f}"
 
 
-def run(name: str, config: SolverSettings, command: Command) -> int:
-    """Run ``command`` on a reactor; print its line, or ``name: message`` on stderr.
+@contextmanager
+def _provider_of_commands(provider: Provider) -> Iterator[None]:
+    # The crawl's cloud reader takes its provider from the crawl's settings
+    # (integration.readers.provider_for); a command names its own with --provider, and the
+    # reader is otherwise built exactly as a crawl's.
+    crawl_provider = readers.provider_for
+    readers.provider_for = lambda config: provider
+    try:
+        yield
+    finally:
+        readers.provider_for = crawl_provider
+
+
+def run(name: str, config: SolverSettings, command: Command, provider: str = "capsolver") -> int:
+    """Run ``command`` on a reactor through ``provider``; print its line, or
+    ``name: message`` on stderr.
 
     Returns the exit status: 0, or 1 when the command failed.
     """
@@ -76,7 +118,8 @@ def run(name: str, config: SolverSettings, command: Command) -> int:
         stats = MemoryStatsCollector(Crawler(Spider))
         # One call in one process: nothing to share with a fleet.
         state = MemoryState(state_limits(config))
-        cloud = cloud_reader(config, stats, state, on_fatal=lambda reason: None)
+        with _provider_of_commands(command_provider(provider)):
+            cloud = readers.cloud_reader(config, stats, state, on_fatal=lambda reason: None)
         solver = CaptchaSolver(config, stats, [cloud], state)
         try:
             line = await command(solver, cloud)

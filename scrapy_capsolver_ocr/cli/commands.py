@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, TypeVar, cast
 
+from ..api.registry import PROVIDER_KINDS
 from ..checks import (
     check_charset,
     check_confidence,
@@ -148,11 +149,22 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run a local CapSolver-compatible server that reads image captchas offline",
         description=(
             "Serve CapSolver's createTask (ImageToTextTask), getTaskResult, getBalance and "
-            "feedbackTask on this machine, reading images with ddddocr. The first line on "
-            "stdout is the server's URL, printed once the port is bound."
+            "feedbackTask on this machine, reading images with ddddocr; Anti-Captcha's, "
+            "CapMonster Cloud's and 2Captcha's dialects under /anticaptcha/, /capmonster/ "
+            "and /2captcha/. The first line on stdout is the server's URL, printed once the "
+            "port is bound."
         ),
     )
     serve.add_argument("--host", default=ocr_server.DEFAULT_HOST, help="default: %(default)s")
+    serve.add_argument(
+        "--protocol",
+        choices=ocr_server.PROTOCOLS,
+        default=ocr_server.CAPSOLVER,
+        help=(
+            "the dialect answered at the root (default: %(default)s); every dialect is "
+            "also answered under its own prefix, such as /anticaptcha/createTask"
+        ),
+    )
     serve.add_argument(
         "--port",
         type=_port,
@@ -185,8 +197,9 @@ def _add_solve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "solve",
         help="solve one captcha image and print its text",
         description=(
-            "Send IMAGE to CapSolver's createTask (ImageToTextTask), or to any compatible "
-            f"server, and print the text. The key comes from ${API_KEY_ENV}."
+            "Send IMAGE to CapSolver's createTask (ImageToTextTask), another service's "
+            "(--provider), or any compatible server, and print the text. The key comes from "
+            f"${API_KEY_ENV} (another provider's: its own variable)."
         ),
     )
     solve.add_argument(
@@ -195,9 +208,13 @@ def _add_solve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     solve.add_argument(
         "--module",
         type=_checked("--module", check_text),
-        help="CapSolver module: common, number, ...",
+        help="the service's module: CapSolver common, number, ...; CapMonster yandex, ...",
     )
-    solve.add_argument("--score", type=_checked("--score", check_score), help="0.8 .. 1.0")
+    solve.add_argument(
+        "--score",
+        type=_checked("--score", check_score),
+        help="0.8 .. 1.0 (CapSolver; CapMonster: its recognizingThreshold in percent)",
+    )
     solve.add_argument(
         "--retries",
         type=_non_negative_int,
@@ -212,7 +229,10 @@ def _add_balance(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     balance = commands.add_parser(
         "balance",
         help="print the account balance in USD",
-        description=f"Print the balance from getBalance. The key comes from ${API_KEY_ENV}.",
+        description=(
+            f"Print the balance from getBalance. The key comes from ${API_KEY_ENV} (another "
+            "provider's: its own variable)."
+        ),
     )
     _add_api_options(balance)
     balance.set_defaults(run=_balance)
@@ -259,11 +279,21 @@ def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--api-url",
-        default=os.environ.get(API_URL_ENV) or DEFAULT_API_URL,
+        "--provider",
+        choices=list(PROVIDER_KINDS),
+        default="capsolver",
         help=(
-            f"CapSolver or a compatible server such as `scrapy-capsolver-ocr serve` "
-            f"(default: ${API_URL_ENV}, else {DEFAULT_API_URL})"
+            "the solving service (default: %(default)s); its key comes from its own "
+            "variable: "
+            + ", ".join(f"{name} ${kind.key_variable}" for name, kind in PROVIDER_KINDS.items())
+        ),
+    )
+    parser.add_argument(
+        "--api-url",
+        help=(
+            "the service's base URL, or a compatible server such as `scrapy-capsolver-ocr "
+            f"serve` (default: CapSolver ${API_URL_ENV}, else {DEFAULT_API_URL}; another "
+            "provider's own URL)"
         ),
     )
     parser.add_argument(
@@ -276,6 +306,7 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
 
 def _solve(args: argparse.Namespace) -> int:
     try:
+        api_commands.check_honoured(args.provider, args.module, args.score)
         config = _api_config(args)
         if args.image == "-":
             image, source = _read_image(sys.stdin.buffer, "stdin", config.max_image_size), "stdin"
@@ -285,7 +316,7 @@ def _solve(args: argparse.Namespace) -> int:
     except (OSError, api_commands.CommandError) as exc:
         return _fail("solve", exc)
     command = api_commands.solve_command(image, source, args.module, args.score)
-    return api_commands.run("solve", config, command)
+    return api_commands.run("solve", config, command, args.provider)
 
 
 def _read_image(stream: BinaryIO, source: str, max_size: int) -> bytes:
@@ -304,14 +335,24 @@ def _balance(args: argparse.Namespace) -> int:
         config = _api_config(args)
     except api_commands.CommandError as exc:
         return _fail("balance", exc)
-    return api_commands.run("balance", config, api_commands.balance_command)
+    return api_commands.run("balance", config, api_commands.balance_command, args.provider)
 
 
 def _api_config(args: argparse.Namespace) -> SolverSettings:
     # Without --verbose the solver's own log lines would repeat the one-line error.
     _configure_logging("DEBUG" if args.verbose else "CRITICAL")
     retries: int = getattr(args, "retries", 0)
-    return api_commands.solver_settings(args.api_url, args.timeout, retries)
+    return api_commands.solver_settings(api_url(args), args.timeout, retries, args.provider)
+
+
+def api_url(args: argparse.Namespace) -> str:
+    """The base URL ``solve`` and ``balance`` call: ``--api-url``, else CapSolver's
+    ``$CAPSOLVER_API_URL`` or its URL, else another provider's own URL."""
+    if args.api_url:
+        return str(args.api_url)
+    if args.provider == "capsolver":
+        return os.environ.get(API_URL_ENV) or DEFAULT_API_URL
+    return PROVIDER_KINDS[args.provider].default_url
 
 
 def _fail(command: str, exc: Exception) -> int:
@@ -345,6 +386,7 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "require_key": args.require_key,
         "max_pixels": args.max_pixels,
+        "protocol": args.protocol,
         "limits": ocr_server.ServerLimits(
             max_body=args.max_body,
             idle_timeout=args.idle_timeout,

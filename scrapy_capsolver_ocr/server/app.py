@@ -14,14 +14,19 @@ reads digits only, every other module any character the model knows. The batch f
 (``images``) is not served. The engine is the one local-first solving reads with in a crawl
 (:mod:`~scrapy_capsolver_ocr.engines.local`), and each solution carries its ``confidence``.
 
-The protocol lives in :mod:`~scrapy_capsolver_ocr.server.protocol`, the HTTP layer and its
-limits in :mod:`~scrapy_capsolver_ocr.server.http`. Run the server with
+Anti-Captcha's, CapMonster Cloud's and 2Captcha's dialects are served too, each under its own
+path prefix (``/anticaptcha/createTask``, ...; :mod:`~scrapy_capsolver_ocr.server.polled`),
+and ``protocol`` puts one of them at the root instead of CapSolver's.
+
+CapSolver's protocol lives in :mod:`~scrapy_capsolver_ocr.server.protocol`, the HTTP layer and
+its limits in :mod:`~scrapy_capsolver_ocr.server.http`. Run the server with
 ``scrapy-capsolver-ocr serve``, or inside a running reactor with :func:`start_server`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +37,14 @@ from ..api.image_task import TASK_TYPE
 from ..engines.local import InvalidImageError, OcrUnavailableError, require_ddddocr
 from ..images import DEFAULT_MAX_IMAGE_PIXELS
 from ..reactor import installed_reactor
-from .http import ServerLimits, api_site
+from .http import Handler, ServerLimits, api_site
+from .polled import SERVER_DIALECTS, LocalPolledService, no_such_method
 from .protocol import (
     LOCAL_BALANCE,
     ApiError,
     LocalCapSolver,
     Recognizer,
+    bad_request,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "LOCAL_BALANCE",
+    "PROTOCOLS",
     "TASK_TYPE",
     "ApiError",
     "DdddOcrEngine",
@@ -68,6 +76,10 @@ DEFAULT_WORKERS = 2
 DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 # Room for bursts of new connections while the reactor is busy.
 _LISTEN_BACKLOG = 511
+#: The dialects the server speaks, by the plugin's provider names: each under its own path
+#: prefix (``/anticaptcha/createTask``), and one of them (CapSolver's by default) at the root.
+CAPSOLVER = "capsolver"
+PROTOCOLS = (CAPSOLVER, *SERVER_DIALECTS)
 
 
 class DdddOcrEngine:
@@ -117,6 +129,7 @@ def start_server(
     require_key: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     limits: ServerLimits | None = None,
+    protocol: str = CAPSOLVER,
     reactor: Any = None,
 ) -> RunningServer:
     """Listen on ``host:port`` (0: a free port) in the running (or soon running) reactor.
@@ -127,26 +140,59 @@ def start_server(
     ``clientKey`` gets ``ERROR_KEY_DENIED_ACCESS``. An image whose header declares more than
     ``max_pixels`` pixels gets ``ERROR_INVALID_IMAGE`` before anything decodes it;
     ``limits`` (default :class:`ServerLimits`) bound what one client may ask.
+
+    Every dialect of :data:`PROTOCOLS` is served under ``/<name>/``, and ``protocol``'s at
+    the root too (CapSolver's by default).
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     reactor = installed_reactor(reactor)
     pool = ThreadPool(minthreads=0, maxthreads=workers, name="capsolver-ocr")
-    api = LocalCapSolver(
-        engine or DdddOcrEngine(max_pixels),
-        pool,
-        reactor,
-        max_pixels=max_pixels,
-        require_key=require_key,
-    )
-    site = api_site(api.handlers(), limits or ServerLimits(), reactor)
+    engine = engine or DdddOcrEngine(max_pixels)
+    options: dict[str, Any] = {"max_pixels": max_pixels, "require_key": require_key}
+    services: dict[str, dict[str, Handler]] = {
+        CAPSOLVER: LocalCapSolver(engine, pool, reactor, **options).handlers()
+    }
+    for name, dialect in SERVER_DIALECTS.items():
+        service = LocalPolledService(dialect, engine, pool, reactor, **options)
+        services[name] = service.handlers()
+    handlers = dict(services[protocol])
+    for name, methods in services.items():
+        handlers.update({f"/{name}{path}": handler for path, handler in methods.items()})
+    site = api_site(handlers, limits or ServerLimits(), reactor, _unknown_path(protocol))
     listening = reactor.listenTCP(port, site, backlog=_LISTEN_BACKLOG, interface=host)
     pool.start()
     url = _url(host, listening.getHost().port)
-    logger.info("Local CapSolver-compatible OCR server on %s, %d workers", url, workers)
+    logger.info(
+        "Local OCR server on %s (%s at the root; %s under their own prefixes), %d workers",
+        url,
+        protocol,
+        ", ".join(f"/{name}/" for name in PROTOCOLS),
+        workers,
+    )
     return RunningServer(url, listening, pool)
+
+
+def _unknown_path(root: str) -> Callable[[str], ApiError]:
+    """The refusal of a path no method serves, in the dialect its prefix (else the root)
+    names."""
+
+    def refuse(path: str) -> ApiError:
+        prefix = path.lstrip("/").split("/", 1)[0]
+        dialect = prefix if prefix in PROTOCOLS and "/" in path.lstrip("/") else root
+        if dialect == CAPSOLVER:
+            return bad_request(
+                "unknown method; this server answers createTask, getTaskResult, getBalance, "
+                "feedbackTask, and the other dialects under "
+                + ", ".join(f"/{name}/" for name in PROTOCOLS)
+            )
+        return no_such_method(path)
+
+    return refuse
 
 
 def serve(engine: Recognizer | None = None, **options: Any) -> None:

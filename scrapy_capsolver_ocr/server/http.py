@@ -1,12 +1,15 @@
 """The local OCR server's HTTP layer: JSON in and out, and the limits that keep it answering.
 
-Every answer, errors included, is CapSolver's JSON with HTTP 200, 400 or 401, whatever the
-client sends: another HTTP verb, an unknown path, a body that is not JSON or is nested too
-deeply, a malformed request. The limits (:class:`ServerLimits`) guard the server against
-abusive clients: a request body cap checked before the body is read, a deadline for a whole
-request once it starts (slow-header and slow-body clients), an idle timeout, and a cap on
-open connections that closes the longest-idle one to make room, so idle connections never
-lock new clients out.
+Every answer, errors included, is JSON in the error format the four services share
+(``errorId``, ``errorCode``, ``errorDescription``), whatever the client sends: another HTTP
+verb, an unknown path, a body that is not JSON or is nested too deeply, a malformed request.
+Those refusals are CapSolver's (HTTP 400), except an unknown method under another dialect's
+prefix, which that dialect refuses its own way.
+
+The limits (:class:`ServerLimits`) guard the server against abusive clients: a request body
+cap checked before the body is read, a deadline for a whole request once it starts
+(slow-header and slow-body clients), an idle timeout, and a cap on open connections that
+closes the longest-idle one to make room, so idle connections never lock new clients out.
 """
 
 from __future__ import annotations
@@ -98,15 +101,22 @@ def _error_answer(failure: Failure) -> tuple[int, JsonObject]:
     return error.http_status, error.to_json()
 
 
+#: The refusal of a path no handler serves, by the path.
+UnknownPath = Callable[[str], ApiError]
+
+
 class _ApiResource(Resource):
     """Every API method at its path: JSON in, JSON out, written when the answer is ready."""
 
     isLeaf = True
 
-    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, handlers: Mapping[str, Handler], unknown: UnknownPath | None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._handlers = {path.encode(): handler for path, handler in handlers.items()}
-        self._names = ", ".join(path.strip("/") for path in handlers)
+        names = ", ".join(path.strip("/") for path in handlers)
+        self._unknown = unknown or (
+            lambda path: bad_request(f"unknown method; this server answers {names}")
+        )
 
     def render(self, request: Request) -> int:
         # Every HTTP verb comes here, so that none gets Twisted's HTML "405 Not Allowed".
@@ -122,7 +132,7 @@ class _ApiResource(Resource):
     def _answer(self, method: bytes, path: bytes, body: bytes) -> Deferred[JsonObject]:
         handler = self._handlers.get(path.rstrip(b"/"))
         if handler is None:
-            raise bad_request(f"unknown method; this server answers {self._names}")
+            raise self._unknown(path.decode("latin-1"))
         if method != b"POST":
             raise bad_request("every method is an HTTP POST of a JSON object")
         answer = handler(parse_json(body))
@@ -283,6 +293,13 @@ class _ApiSite(Site):
         logger.debug("%s %s -> %s", request.method, request.uri, request.code)
 
 
-def api_site(handlers: Mapping[str, Handler], limits: ServerLimits, reactor: Any) -> Site:
-    """The HTTP factory that serves ``handlers`` (path -> handler) within ``limits``."""
-    return _ApiSite(_ApiResource(handlers), limits, reactor)
+def api_site(
+    handlers: Mapping[str, Handler],
+    limits: ServerLimits,
+    reactor: Any,
+    unknown: UnknownPath | None = None,
+) -> Site:
+    """The HTTP factory that serves ``handlers`` (path -> handler) within ``limits``;
+    ``unknown`` refuses any other path (default: CapSolver's ``ERROR_BAD_REQUEST`` naming
+    the methods served)."""
+    return _ApiSite(_ApiResource(handlers, unknown), limits, reactor)

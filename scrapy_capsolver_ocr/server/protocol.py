@@ -152,26 +152,70 @@ def read_task(payload: JsonObject) -> tuple[bytes, str]:
     return _decode_body(task), module or "common"
 
 
-def check_declared_pixels(image: bytes, max_pixels: int) -> None:
+def check_declared_pixels(
+    image: bytes, max_pixels: int, code: str = "ERROR_INVALID_IMAGE", http_status: int = 400
+) -> None:
     """Refuse an image whose header declares more than ``max_pixels`` pixels, before
-    anything decodes it: a few hundred bytes can declare a picture that takes gigabytes."""
+    anything decodes it: a few hundred bytes can declare a picture that takes gigabytes.
+    The refusal is an :class:`ApiError` with ``code`` (CapSolver's by default)."""
     kind = image_type(image)
     if kind is None:
         return  # not a format whose header is read here: the engine's own cap applies
     size = declared_size(kind, image)
     if size is None:
-        raise ApiError("ERROR_INVALID_IMAGE", f"the {kind.upper()} header declares no size")
+        raise ApiError(code, f"the {kind.upper()} header declares no size", http_status)
     width, height = size
     if width * height > max_pixels:
         raise ApiError(
-            "ERROR_INVALID_IMAGE",
+            code,
             f"the image declares {width}x{height} pixels, over this server's limit of "
             f"{max_pixels} (--max-pixels)",
+            http_status,
         )
 
 
-class LocalCapSolver:
-    """The API's behaviour apart from HTTP: checks requests, runs OCR, builds the answers."""
+class KeyCheck:
+    """The one ``clientKey`` a server started with ``require_key`` accepts (any without)."""
+
+    def __init__(self, require_key: str | None) -> None:
+        self._required = require_key.encode() if require_key else None
+
+    def passes(self, payload: JsonObject) -> bool:
+        if self._required is None:
+            return True
+        key = payload.get("clientKey")
+        given = key.encode() if isinstance(key, str) else b""
+        return hmac.compare_digest(given, self._required)
+
+
+def reading_solution(reading: str | Reading) -> JsonObject:
+    """The ``solution`` object of an engine's reading: its text, and its confidence when
+    the engine says how sure it is."""
+    if isinstance(reading, str):
+        return {"text": reading}
+    return {"text": reading.text, "confidence": round(reading.confidence, 4)}
+
+
+def remember(tasks: OrderedDict[Any, Any], task_id: Any, answer: Any, limit: int) -> None:
+    """Keep ``answer`` under ``task_id``, forgetting the oldest beyond ``limit`` tasks."""
+    tasks[task_id] = answer
+    if len(tasks) > limit:
+        tasks.popitem(last=False)
+
+
+def engine_failure(failure: Failure, code: str, http_status: int = 400) -> ApiError:
+    """The refusal of an image the engine could not read (``code``), or, for any other
+    failure of the engine, logged, ``ERROR_CAPTCHA_UNSOLVABLE``."""
+    if failure.check(InvalidImageError):
+        logger.debug("Unreadable image: %s", failure.value)
+        return ApiError(code, f"task.body cannot be read: {str(failure.value)[:200]}", http_status)
+    logger.error("OCR failed on an image:\n%s", failure.getTraceback())
+    return ApiError("ERROR_CAPTCHA_UNSOLVABLE", "the OCR engine failed on this image", http_status)
+
+
+class LocalService:
+    """What every dialect the server speaks has: the engine and the threads it reads in,
+    the pixel cap, the required key, how many recent tasks are remembered."""
 
     def __init__(
         self,
@@ -187,8 +231,19 @@ class LocalCapSolver:
         self._pool = pool
         self._reactor = reactor
         self._max_pixels = max_pixels
-        self._required_key = require_key.encode() if require_key else None
+        self._key = KeyCheck(require_key)
         self._remembered = remembered_tasks
+
+    def read(self, image: bytes, module: str) -> Deferred[str | Reading]:
+        """The engine's reading of ``image``, in a worker thread."""
+        return deferToThreadPool(self._reactor, self._pool, self._engine.recognize, image, module)
+
+
+class LocalCapSolver(LocalService):
+    """CapSolver's API apart from HTTP: checks requests, runs OCR, builds the answers."""
+
+    def __init__(self, engine: Recognizer, pool: ThreadPool, reactor: Any, **options: Any) -> None:
+        super().__init__(engine, pool, reactor, **options)
         # The ready answer of each recent task, oldest first.
         self._tasks: OrderedDict[str, JsonObject] = OrderedDict()
 
@@ -205,10 +260,7 @@ class LocalCapSolver:
         self._check_key(payload)
         image, module = read_task(payload)
         check_declared_pixels(image, self._max_pixels)
-        reading = deferToThreadPool(
-            self._reactor, self._pool, self._engine.recognize, image, module
-        )
-        return reading.addCallbacks(self._solved, self._unsolved)
+        return self.read(image, module).addCallbacks(self._solved, self._unsolved)
 
     def get_task_result(self, payload: JsonObject) -> JsonObject:
         self._check_key(payload)
@@ -238,37 +290,18 @@ class LocalCapSolver:
         return task_id
 
     def _check_key(self, payload: JsonObject) -> None:
-        if self._required_key is None:
-            return
-        key = payload.get("clientKey")
-        given = key.encode() if isinstance(key, str) else b""
-        if not hmac.compare_digest(given, self._required_key):
+        if not self._key.passes(payload):
             raise ApiError("ERROR_KEY_DENIED_ACCESS", "clientKey is missing or wrong", 401)
 
     def _solved(self, reading: str | Reading) -> JsonObject:
-        solution: JsonObject = (
-            {"text": reading}
-            if isinstance(reading, str)
-            else {
-                "text": reading.text,
-                "confidence": round(reading.confidence, 4),
-            }
-        )
+        solution = reading_solution(reading)
         if not solution["text"]:
             raise ApiError("ERROR_CAPTCHA_UNSOLVABLE", "no text was found in the image")
         task_id = str(uuid.uuid4())
         answer = ok(status="ready", solution=solution, taskId=task_id)
-        self._tasks[task_id] = answer
-        if len(self._tasks) > self._remembered:
-            self._tasks.popitem(last=False)
+        remember(self._tasks, task_id, answer, self._remembered)
         logger.debug("Task %s solved", task_id)
         return answer
 
     def _unsolved(self, failure: Failure) -> JsonObject:
-        if failure.check(InvalidImageError):
-            logger.debug("Unreadable image: %s", failure.value)
-            raise ApiError(
-                "ERROR_INVALID_IMAGE", f"task.body cannot be read: {str(failure.value)[:200]}"
-            )
-        logger.error("OCR failed on an image:\n%s", failure.getTraceback())
-        raise ApiError("ERROR_CAPTCHA_UNSOLVABLE", "the OCR engine failed on this image")
+        raise engine_failure(failure, "ERROR_INVALID_IMAGE")
