@@ -125,16 +125,17 @@ class Failover:
             try:
                 solution = await attempt(route, sending)
             except CaptchaSolveError as exc:
-                moving = self._moves_on(route, exc, sending, no_slot_since)
-                if moving is None:  # no slot, not for long yet: the same service again
+                kind = self._kind(route, exc, no_slot_since)
+                if kind == "wait":  # no slot, not for long yet: the same service again
                     continue
-                if not moving or len(tried) + 1 == len(self.all):
-                    if probe and isinstance(exc, CaptchaTaskError):
-                        await self._breakers.close(route)  # it answered: it is up
-                    if moving:
-                        await self._out_of_service(route, exc)
+                if kind == "outage":
+                    await self._out_of_service(route, exc)
+                elif kind == "answer" and probe:
+                    await self._breakers.close(route)  # it answered: it is up
+                moves = kind == "outage" or (kind == "answer" and self._policy.answer_errors)
+                # A task the first service may have created is never paid a second time.
+                if not moves or sending.maybe_created or len(tried) + 1 == len(self.all):
                     raise
-                await self._out_of_service(route, exc)
                 self._stats.inc_value(provider_stat(route, "failovers"))
                 tried.append(route)
                 continue
@@ -144,11 +145,9 @@ class Failover:
             return replace(solution, provider=route.name)
 
     async def _out_of_service(self, route: Route, exc: CaptchaSolveError) -> None:
-        """``route`` failed this task in a way that moves tasks on: counted, and its
-        breaker opened unless the image was the trouble."""
+        """``route`` had an outage: counted, and its breaker opened."""
         self._stats.inc_value(provider_stat(route, "errors"))
-        if not isinstance(exc, CaptchaTaskError):
-            await self._breakers.open(route, exc, self._cooldown_after(exc))
+        await self._breakers.open(route, exc, self._cooldown_after(exc))
 
     async def _choose(self, tried: list[Route]) -> tuple[Route, bool]:
         """The first service not tried for this task whose breaker lets it (and whether
@@ -168,30 +167,23 @@ class Failover:
                 return route, True
         return untried[0], False
 
-    def _moves_on(
-        self,
-        route: Route,
-        exc: CaptchaSolveError,
-        sending: Sending,
-        no_slot_since: dict[str, float],
-    ) -> bool | None:
-        """True: the task goes to the next service; False: the error is the request's;
-        None: the same service is asked again (no slot, for a while yet)."""
-        if sending.maybe_created:
-            return False  # the first service may bill it: never paid a second time
+    def _kind(self, route: Route, exc: CaptchaSolveError, no_slot_since: dict[str, float]) -> str:
+        """What a failure says of the service: ``outage`` (tasks move on), ``answer`` (the
+        image's trouble), ``wait`` (no slot, not for long yet) or ``other`` (the budget, a
+        closing crawl, the fleet's store: the same on any service)."""
         if isinstance(exc, CaptchaFleetError):
-            return False  # the fleet's store, not the service
+            return "other"
         if isinstance(exc, CaptchaAccountError):
-            return True
+            return "outage"
         if isinstance(exc, CaptchaTaskError):
-            return self._policy.answer_errors
+            return "answer"
         if not isinstance(exc, CaptchaTransientError):
-            return False  # the budget, a closing crawl: the same on any service
+            return "other"
         if is_no_slot(exc):
             now = self._now()
             since = no_slot_since.setdefault(route.name, now)
-            return True if now - since >= self._policy.no_slot_after else None
-        return True
+            return "outage" if now - since >= self._policy.no_slot_after else "wait"
+        return "outage"
 
     def _cooldown_after(self, exc: CaptchaSolveError) -> float:
         if isinstance(exc, CaptchaBlockedError):
@@ -241,11 +233,15 @@ class Failover:
         self._out[route.name] = exc
         if self._all_out():
             await self._account.blocked(exc, ticket)
+        else:
+            await self._breakers.open(route, exc, self._cooldown_after(exc))
 
-    def account_error(self, route: Route, exc: CaptchaAccountError) -> None:
+    async def account_error(self, route: Route, exc: CaptchaAccountError) -> None:
         self._out[route.name] = exc
         if self._all_out():
             self._account.fail(exc)
+        else:
+            await self._breakers.open(route, exc)
 
     def _all_out(self) -> bool:
         return all(route.name in self._out for route in self.all)

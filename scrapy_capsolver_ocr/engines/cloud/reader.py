@@ -128,7 +128,7 @@ class CloudReader:
                 await self.routes.blocked(route, exc, ticket)
                 raise
             except CaptchaAccountError as exc:
-                self.routes.account_error(route, exc)
+                await self.routes.account_error(route, exc)
                 raise
             except CaptchaApiError as exc:
                 note_sending(sending, exc)
@@ -199,7 +199,7 @@ class CloudReader:
             return None
         except CaptchaAccountError as exc:
             if at_start:
-                self.routes.account_error(route, exc)
+                await self.routes.account_error(route, exc)
             return None
         except CaptchaSolveError as exc:
             logger.warning("Could not read the %s balance: %s", name, exc)
@@ -207,7 +207,7 @@ class CloudReader:
         if self.routes.balances():
             self._record_provider_balance(route, value, at_start)
         if at_start and value <= 0:
-            self.routes.account_error(
+            await self.routes.account_error(
                 route,
                 CaptchaAccountError(
                     f"The {name} balance is 0: top it up to solve captchas.",

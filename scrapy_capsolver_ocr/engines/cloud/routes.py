@@ -120,7 +120,7 @@ class Routes(Protocol):
         """``route`` answered a call (``ticket``: its leave; None: a balance call) with a block."""
         ...
 
-    def account_error(self, route: Route, exc: CaptchaAccountError) -> None:
+    async def account_error(self, route: Route, exc: CaptchaAccountError) -> None:
         """``route`` refused the account (bad key, no balance)."""
         ...
 
@@ -168,7 +168,7 @@ class OneRoute:
     ) -> None:
         await self._account.blocked(exc, ticket)
 
-    def account_error(self, route: Route, exc: CaptchaAccountError) -> None:
+    async def account_error(self, route: Route, exc: CaptchaAccountError) -> None:
         self._account.fail(exc)
 
     def stopped(self, route: Route) -> bool:
