@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import scrapy
 from captcha_spiders import ITEMS, PageLoginSpider
 from conftest import API_KEY, SERVERS, CapSolverMock
 from crawling import RecordingSpider, crawl, solver_settings, stat
+from fleet_processes import start_crawl
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider
 from scrapy.settings import Settings
@@ -63,9 +65,14 @@ class Mock(CapSolverMock):
         stop_server(self.process)
 
     def created(self) -> list[str]:
-        """The image digest of every createTask it received, killed or not."""
-        lines = self.log_path.read_text().splitlines()
-        return [c["sha256"] for c in map(json.loads, lines) if c["method"] == "createTask"]
+        """The image digest of every createTask it received and did not refuse (the mock
+        may have died before answering: the task counts as paid), killed or not."""
+        calls = [json.loads(line) for line in self.log_path.read_text().splitlines()]
+        created = Counter(
+            c["sha256"] for c in calls if c["method"] == "createTask" and not c.get("refused")
+        )
+        created.subtract(c["sha256"] for c in calls if c.get("refused"))
+        return sorted(created.elements())
 
 
 @pytest.fixture
@@ -465,3 +472,42 @@ def test_an_option_a_service_cannot_honour_is_named_once_at_start(
     assert said == [
         "backup cannot honour module (CAPSOLVER_* settings): its tasks are sent without them"
     ]
+
+
+# Fleet mode: two crawl processes, one Redis
+
+FAILOVER_RUNNER = Path(__file__).with_name("failover_crawl.py")
+
+
+@pytest.mark.asyncio_reactor
+def test_one_process_noticing_an_outage_moves_the_whole_fleet(
+    mocks: Callable[..., Mock], image_site: str, redis_url: str, tmp_path: Path
+) -> None:
+    preferred, backup = mocks("preferred"), mocks("backup")
+    preferred.configure(faults=[{"fault": "http", "status": 503}])
+    settings = solver_settings(
+        None,
+        CAPSOLVER_PROVIDERS=providers(preferred.url, backup.url),
+        CAPSOLVER_REDIS_URL=redis_url,
+        CAPSOLVER_FLEET=f"failover-{uuid.uuid4().hex[:8]}",
+        CAPSOLVER_FAILOVER_COOLDOWN=600,
+        CAPSOLVER_MAX_RETRIES=0,
+        CAPSOLVER_CHECK_BALANCE=False,
+    )
+    first_urls, second_urls = images(image_site, "xa"), images(image_site, "xb")
+    first = start_crawl(tmp_path, "first", settings, first_urls, FAILOVER_RUNNER).wait()
+    asked_by_first = len(preferred.created())
+    second = start_crawl(tmp_path, "second", settings, second_urls, FAILOVER_RUNNER).wait()
+
+    for result, urls in ((first, first_urls), (second, second_urls)):
+        assert result["finish_reason"] == "finished"
+        assert result["errors"] == {} and set(result["texts"]) == set(urls)
+    # The first process met the outage and opened the breaker in Redis; the second one
+    # never asked the preferred service, and had no outage of its own to notice.
+    assert asked_by_first >= 1
+    assert len(preferred.created()) == asked_by_first
+    assert first["stats"]["capsolver/provider/capsolver/breaker_opened"] == 1
+    assert "capsolver/provider/capsolver/task_count" not in second["stats"]
+    assert "capsolver/provider/capsolver/breaker_opened" not in second["stats"]
+    assert second["stats"]["capsolver/provider/backup/task_count"] == 10
+    assert paid_twice(preferred, backup) == 0

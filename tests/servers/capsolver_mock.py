@@ -37,7 +37,8 @@ Control endpoints, for the tests:
 ``--port N`` listens on that port (a mock started again where a killed one listened);
 ``--calls-log PATH`` appends one JSON line per API call as it arrives (``method``, and for
 createTask the image's ``sha256``), flushed at once, so that the calls of a mock that was
-killed can still be counted.
+killed can still be counted; a createTask answered with an error (which creates no task)
+gets a second line with ``"refused": true``.
 """
 
 from __future__ import annotations
@@ -278,12 +279,24 @@ class Api(resource.Resource):
 
     def respond(self, request: Any, path: str, body: Any, rule: dict[str, Any] | None) -> None:
         if rule is not None and self.inject(request, rule):
+            if rule["fault"] in ("http", "echo", "not_json"):
+                self.log_refused(path, body)
             return
         status, answer = self.answer(path, body, rule)
+        if answer.get("errorId"):
+            self.log_refused(path, body)
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.write(json.dumps(answer).encode())
         request.finish()
+
+    def log_refused(self, path: str, body: Any) -> None:
+        """A createTask answered with an error: it created no task (for ``--calls-log``)."""
+        image = image_of(body) if path == "createTask" else None
+        if self.state.calls_log is not None and image:
+            line = {"method": path, "sha256": hashlib.sha256(image).hexdigest(), "refused": True}
+            self.state.calls_log.write(json.dumps(line) + "\n")
+            self.state.calls_log.flush()
 
     def inject(self, request: Any, rule: dict[str, Any]) -> bool:
         """Apply a transport-level fault; False when the fault shapes the JSON instead."""
