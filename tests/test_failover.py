@@ -4,10 +4,8 @@ of a crawl and started again; account and answer errors; every bad setting."""
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import pytest
 import pytest_twisted
 import scrapy
 from captcha_spiders import ITEMS, PageLoginSpider
-from conftest import API_KEY, SERVERS, CapSolverMock
+from conftest import API_KEY, CapSolverMock
 from crawling import RecordingSpider, crawl, solver_settings, stat
 from fleet_processes import start_crawl
 from scrapy import signals
@@ -25,7 +23,7 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy.settings import Settings
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.test import get_crawler
-from servers.process import start_server, stop_server
+from servers.mock_process import MockProcess, paid_twice
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
@@ -38,46 +36,15 @@ from scrapy_capsolver_ocr.integration import readers
 from scrapy_capsolver_ocr.settings import ApiKey, SolverSettings, mask_api_key
 from scrapy_capsolver_ocr.state.base import MemoryState, StateLimits
 
-MOCK = str(SERVERS / "capsolver_mock.py")
 COOLDOWN = 1.0
 
 
-class Mock(CapSolverMock):
-    """A CapSolver mock in a process of its own, to kill and start again on its port; its
-    calls are logged to a file that outlives it."""
+class Mock(MockProcess, CapSolverMock):
+    """A CapSolver mock in a process of its own, to kill and start again on its port, and
+    the client of its control endpoints."""
 
     def __init__(self, log: Path, *options: str) -> None:
-        self.log_path = log
-        self._argv = [MOCK, "--key", API_KEY, "--calls-log", str(log), *options]
-        self.process, url = start_server(self._argv)
-        super().__init__(url)
-
-    def kill(self) -> None:
-        """SIGKILL: connections and tasks in flight die with it."""
-        self.process.kill()
-        self.process.wait()
-
-    def restart(self) -> None:
-        port = self.url.rpartition(":")[2]
-        self.process, _ = start_server([*self._argv, "--port", port])
-
-    def stop(self) -> None:
-        stop_server(self.process)
-
-    def created(self) -> list[str]:
-        """The image digest of every createTask it received and did not refuse (the mock
-        may have died before answering: the task counts as paid), killed or not."""
-        calls = [json.loads(line) for line in self.log_path.read_text().splitlines()]
-        created = Counter(
-            c["sha256"] for c in calls if c["method"] == "createTask" and not c.get("refused")
-        )
-        created.subtract(c["sha256"] for c in calls if c.get("refused"))
-        return sorted(created.elements())
-
-    def received(self) -> int:
-        """createTask calls it received, refused ones included."""
-        calls = [json.loads(line) for line in self.log_path.read_text().splitlines()]
-        return sum(1 for c in calls if c["method"] == "createTask" and not c.get("refused"))
+        MockProcess.__init__(self, log, "--key", API_KEY, *options)
 
 
 @pytest.fixture
@@ -118,12 +85,6 @@ def two_services(preferred: Mock, backup: Mock, **overrides: Any) -> dict[str, A
             **overrides,
         },
     )
-
-
-def paid_twice(*mocks: Mock) -> int:
-    """Images whose createTask reached a service more than once, over every service."""
-    counts = Counter(sha for mock in mocks for sha in mock.created())
-    return sum(1 for count in counts.values() if count > 1)
 
 
 async def sleep(seconds: float) -> None:
