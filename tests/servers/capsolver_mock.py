@@ -254,7 +254,8 @@ class Api(resource.Resource):
         self.state.calls.append({"method": path, "body": body, "at": time.time()})
         if self.state.calls_log is not None:
             image = image_of(body) if path == "createTask" else None
-            line = {"method": path, "sha256": hashlib.sha256(image).hexdigest() if image else ""}
+            digest = hashlib.sha256(image).hexdigest() if image else ""
+            line = {"method": path, "sha256": digest, "at": time.time()}
             self.state.calls_log.write(json.dumps(line) + "\n")
             self.state.calls_log.flush()
         self.state.in_flight += 1

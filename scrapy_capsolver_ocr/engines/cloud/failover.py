@@ -44,7 +44,14 @@ from ...state.base import CallTicket, SolvingState
 from ...waiting import take
 from .account import Account
 from .breaker import Breakers, provider_stat
-from .routes import Attempt, Route, Sending, refused_before_sending
+from .routes import (
+    Attempt,
+    Route,
+    RouteOpened,
+    Sending,
+    maybe_created,
+    refused_before_sending,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +107,8 @@ class Failover:
             for route in routes
             if route.concurrency
         }
+        # Until when each service's breaker is open, as this process last opened it.
+        self._open_here: dict[str, float] = {}
         # Services whose account failed here (bad key, no balance, a block): when every one
         # has, the crawl stops as a crawl with one service would.
         self._out: dict[str, CaptchaAccountError] = {}
@@ -118,12 +127,16 @@ class Failover:
 
     async def pay(self, attempt: Attempt) -> CaptchaSolution:
         sending = Sending()
-        tried: list[Route] = []
+        tried = sending.tried
         no_slot_since: dict[str, float] = {}
         while True:
             route, probe = await self._choose(tried)
+            sending.probe = probe
             try:
                 solution = await attempt(route, sending)
+            except RouteOpened:
+                tried.append(route)
+                continue
             except CaptchaSolveError as exc:
                 kind = self._kind(route, exc, no_slot_since)
                 if kind == "wait":  # no slot, not for long yet: the same service again
@@ -141,13 +154,28 @@ class Failover:
                 continue
             if probe:
                 await self._breakers.close(route)
+                self._open_here.pop(route.name, None)
             self._out.pop(route.name, None)
             return replace(solution, provider=route.name)
 
     async def _out_of_service(self, route: Route, exc: CaptchaSolveError) -> None:
-        """``route`` had an outage: counted, and its breaker opened."""
+        """``route`` had an outage: counted, and its breaker opened (in the state, and
+        here: tasks already waiting for their turn on it are told at once)."""
         self._stats.inc_value(provider_stat(route, "errors"))
-        await self._breakers.open(route, exc, self._cooldown_after(exc))
+        cooldown = self._cooldown_after(exc)
+        self._open_here[route.name] = self._now() + cooldown
+        await self._breakers.open(route, exc, cooldown)
+
+    def still_wanted(self, route: Route, sending: Sending) -> None:
+        # Tasks queue for the account's slots with their service chosen: when it went out
+        # meanwhile, each would otherwise meet the outage in turn before moving on.
+        if sending.probe or sending.maybe_created:
+            return
+        if self._open_here.get(route.name, 0.0) <= self._now():
+            return
+        others = [r for r in self.all if r is not route and r not in sending.tried]
+        if any(self._open_here.get(r.name, 0.0) <= self._now() for r in others):
+            raise RouteOpened(f"{route.name} went out while the task waited")
 
     async def _choose(self, tried: list[Route]) -> tuple[Route, bool]:
         """The first service not tried for this task whose breaker lets it (and whether
@@ -252,7 +280,9 @@ class Failover:
         return not self._all_out() or self._account.stopped
 
     def give_up(self, exc: Exception) -> bool:
-        return refused_before_sending(exc)
+        # Refused: another service at once. Maybe created: sending it again (here or
+        # elsewhere) could pay for the image twice.
+        return refused_before_sending(exc) or maybe_created(exc)
 
     def balances(self) -> bool:
         return True

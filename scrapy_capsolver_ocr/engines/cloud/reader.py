@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from scrapy.statscollectors import StatsCollector
@@ -118,7 +119,8 @@ class CloudReader:
         self, route: Route, payload: dict[str, Any], sending: Sending
     ) -> dict[str, Any]:
         """One paid task on ``route``, run to its answer, with the account's leave."""
-        async with self.routes.slot(route), self.account.paid_call() as ticket:
+        wanted = partial(self.routes.still_wanted, route, sending)
+        async with self.routes.slot(route), self.account.paid_call(wanted) as ticket:
             self._stats.inc_value("capsolver/task_count")
             self.routes.calling(route)
             try:

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ...api.client import ApiClient
 from ...api.image_task import TaskRunner
 from ...api.provider import Provider
-from ...errors import CaptchaAccountError, CaptchaBlockedError, CaptchaTransientError
+from ...errors import (
+    CaptchaAccountError,
+    CaptchaBlockedError,
+    CaptchaSolveError,
+    CaptchaTransientError,
+)
 from ...solution import CaptchaSolution
 from ...state.base import CallTicket
 from .account import Account
@@ -73,10 +78,17 @@ class Route:
 
 @dataclass
 class Sending:
-    """What the calls of one task did on the way: whether any may have created a task
-    (then it is never paid again on another service)."""
+    """One task on its way: whether a call may have created it (then it is never paid again
+    on another service), whether it is its service's probe, the services it failed on."""
 
     maybe_created: bool = False
+    probe: bool = False
+    tried: list[Route] = field(default_factory=list)
+
+
+class RouteOpened(CaptchaSolveError):
+    """Internal: the task's service went out while the task waited for its turn; it goes
+    to the next one without a call (never seen by a request)."""
 
 
 def note_sending(sending: Sending, exc: Exception) -> None:
@@ -112,6 +124,11 @@ class Routes(Protocol):
 
     def calling(self, route: Route) -> None:
         """One createTask call goes to ``route`` now."""
+        ...
+
+    def still_wanted(self, route: Route, sending: Sending) -> None:
+        """Raise :class:`RouteOpened` when the task, whose turn to call ``route`` has come,
+        should rather go to another service."""
         ...
 
     async def blocked(
@@ -161,6 +178,9 @@ class OneRoute:
         yield
 
     def calling(self, route: Route) -> None:
+        pass
+
+    def still_wanted(self, route: Route, sending: Sending) -> None:
         pass
 
     async def blocked(

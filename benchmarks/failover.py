@@ -1,0 +1,263 @@
+"""Failover, measured: the preferred service killed in the middle of a crawl, and what a
+single-service crawl pays for the failover code (nothing measurable, we expect).
+
+    python benchmarks/failover.py                  # both parts, about 2 minutes on 2 cores
+    python benchmarks/failover.py --part outage
+    python benchmarks/failover.py --part overhead --base main --runs 5
+
+``outage``: a crawl of ``--captchas`` (500) captchas through two CapSolver mocks on
+127.0.0.1 (tests/servers/capsolver_mock.py, the second one registered as the ``backup``
+service, tests/failover_kinds.py), each answering after ``--latency`` seconds; once the
+preferred one received a quarter of the tasks it is killed (SIGKILL), and started again
+on its port ``--down`` seconds later. ``CAPSOLVER_TIMEOUT`` is 1 s. Measured: requests that
+never ended (lost), requests that ended with an error, images paid twice (a createTask
+received by a service and not refused, over both services' call logs, which outlive the
+kill), seconds from the kill to the first answer from the backup, and seconds from the
+return of the preferred service to the first answer from it again (against the cool-down).
+
+``overhead``: the solving path of ``solving_scenarios.py middleware`` (section 3 of
+docs/benchmarks.md: 2000 captchas in memory through ``process_response``, one service) with
+this tree's package and with the package of git revision ``--base``, each in a fresh
+process, in turn (A B A B ...), and the ratio of their solves/s pair by pair.
+
+Prints one JSON object; ``--write`` also writes it to docs/failover-benchmarks.json.
+Nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from servers.mock_process import MockProcess, paid_twice  # noqa: E402
+from servers.process import start_server, stop_server  # noqa: E402
+
+API_KEY = "CAP-benchmark-key-0000000000000000"
+SERVERS = ROOT / "tests" / "servers"
+SCENARIOS = HERE / "solving_scenarios.py"
+RUN_TIMEOUT = 600
+
+
+# The crawl, in a process of its own (``--crawl JOB``)
+
+
+def crawl(job_path: str) -> None:
+    """Crawl the job's URLs; write when each ended, and who answered it."""
+    import failover_kinds
+    import scrapy
+    from scrapy.crawler import CrawlerProcess
+
+    failover_kinds.register()
+    job = json.loads(Path(job_path).read_text())
+    ended: dict[str, dict[str, Any]] = {}
+
+    class Spider(scrapy.Spider):
+        name = "failover-bench"
+
+        async def start(self) -> Any:
+            for url in job["urls"]:
+                yield scrapy.Request(
+                    url, meta={"solve_image": True}, errback=self.failed, dont_filter=True
+                )
+
+        def parse(self, response: Any) -> None:
+            solution = response.meta["captcha_solution"]
+            ended[response.url] = {"at": time.time(), "provider": solution.provider}
+
+        def failed(self, failure: Any) -> None:
+            url = failure.request.url
+            ended[url] = {"at": time.time(), "error": type(failure.value).__name__}
+
+    process = CrawlerProcess({**job["settings"], "LOG_FILE": job["log"]})
+    crawler = process.create_crawler(Spider)
+    process.crawl(crawler)
+    if os.environ.get("FAILOVER_BENCH_WATCHDOG"):
+        sys.path.insert(0, os.environ["FAILOVER_BENCH_WATCHDOG"])
+        import watchdog
+        from twisted.internet import reactor as installed
+
+        installed.callWhenRunning(watchdog.start, installed)
+    process.start()
+    assert crawler.stats is not None
+    stats = {k: v for k, v in crawler.stats.get_stats().items() if k.startswith("capsolver/")}
+    Path(job["result"]).write_text(json.dumps({"ended": ended, "stats": stats}, default=str))
+
+
+# The outage
+
+
+def outage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    site_process, site = start_server([str(SERVERS / "image_site.py")])
+    latency = ("--key", API_KEY, "--latency", str(args.latency))
+    preferred = MockProcess(work / "preferred.calls", *latency)
+    backup = MockProcess(work / "backup.calls", *latency)
+    try:
+        urls = [f"{site}/captcha/f{number:04d}.png" for number in range(args.captchas)]
+        job = {
+            "urls": urls,
+            "result": str(work / "crawl.json"),
+            "log": str(work / "crawl.log"),
+            "settings": {
+                "ADDONS": {"scrapy_capsolver_ocr.Addon": 500},
+                "LOG_LEVEL": os.environ.get("FAILOVER_BENCH_LOG_LEVEL", "INFO"),
+                "LOG_FORMAT": "%(asctime)s.%(msecs)03d [%(name)s] %(levelname)s: %(message)s",
+                "TELNETCONSOLE_ENABLED": False,
+                "CAPSOLVER_PROVIDERS": [
+                    {"name": "capsolver", "api_key": API_KEY, "api_url": preferred.url},
+                    {"name": "backup", "api_key": API_KEY, "api_url": backup.url},
+                ],
+                "CAPSOLVER_TIMEOUT": 1.0,
+                "CAPSOLVER_CONCURRENCY": args.concurrency,
+                "CAPSOLVER_FAILOVER_COOLDOWN": args.cooldown,
+                "CAPSOLVER_LOGSTATS_INTERVAL": 0,
+            },
+        }
+        job_path = work / "job.json"
+        job_path.write_text(json.dumps(job))
+        env = {**os.environ, "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": ""}
+        crawl_process = subprocess.Popen(
+            [sys.executable, __file__, "--crawl", str(job_path)], env=env, cwd=ROOT
+        )
+        while preferred.received() < args.captchas // 4:
+            if crawl_process.poll() is not None:
+                raise RuntimeError(f"the crawl ended before the outage; see {job['log']}")
+            time.sleep(0.01)
+        preferred.kill()
+        killed_at = time.time()
+        (work / "times.json").write_text(json.dumps({"killed": killed_at}))
+        time.sleep(args.down)
+        preferred.restart()
+        back_at = time.time()
+        crawl_process.wait(RUN_TIMEOUT)
+        result = json.loads(Path(job["result"]).read_text())
+    finally:
+        for mock in (preferred, backup):
+            mock.stop()
+        stop_server(site_process)
+    ended = result["ended"]
+    answers = sorted((e["at"], e["provider"]) for e in ended.values() if "provider" in e)
+    first_backup = next((at for at, who in answers if who == "backup" and at > killed_at), None)
+    first_back = next((at for at, who in answers if who == "capsolver" and at > back_at), None)
+    stats = result["stats"]
+    return {
+        "captchas": args.captchas,
+        "latency": args.latency,
+        "cooldown": args.cooldown,
+        "down": args.down,
+        "lost": len(urls) - len(ended),
+        "failed": sum(1 for e in ended.values() if "error" in e),
+        "failed_classes": sorted({e["error"] for e in ended.values() if "error" in e}),
+        "paid_twice": paid_twice(preferred, backup),
+        "answered_by": {
+            who: sum(1 for _, by in answers if by == who) for who in ("capsolver", "backup")
+        },
+        "kill_to_first_backup_answer": None if first_backup is None else first_backup - killed_at,
+        "return_to_first_preferred_answer": None if first_back is None else first_back - back_at,
+        "breaker_opened": stats.get("capsolver/provider/capsolver/breaker_opened", 0),
+        "breaker_closed": stats.get("capsolver/provider/capsolver/breaker_closed", 0),
+    }
+
+
+# The single-service overhead
+
+
+def overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    base = work / "base"
+    base.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", args.base, "scrapy_capsolver_ocr"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    (work / "base.tar").write_bytes(archive)
+    with tarfile.open(work / "base.tar") as tar:
+        tar.extractall(base, filter="data")
+    site_process, site = start_server([str(SERVERS / "image_site.py")])
+    mock_process, mock = start_server([str(SERVERS / "capsolver_mock.py"), "--key", API_KEY])
+    params = {
+        "key": API_KEY,
+        "api": mock,
+        "site": site,
+        "captchas": {"kind": "captcha", "count": args.overhead_captchas},
+        "concurrency": 16,
+        "settings": {"CAPSOLVER_CONCURRENCY": 16, "LOG_LEVEL": "WARNING"},
+    }
+    rows: dict[str, list[float]] = {"this": [], "base": []}
+    try:
+        for _ in range(args.runs + 1):  # the first pair warms the site's image cache
+            for name, path in (("this", ROOT), ("base", base)):
+                env = {**os.environ, "PYTHONPATH": str(path)}
+                run = subprocess.run(
+                    [sys.executable, str(SCENARIOS), "middleware", json.dumps(params)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=RUN_TIMEOUT,
+                    check=True,
+                )
+                measured = json.loads(run.stdout.strip().splitlines()[-1])
+                assert measured["solved"] == args.overhead_captchas, measured
+                rows[name].append(measured["solved"] / measured["solve_span"])
+    finally:
+        stop_server(mock_process)
+        stop_server(site_process)
+    this, base_rate = rows["this"][1:], rows["base"][1:]
+    ratios = [a / b for a, b in zip(this, base_rate, strict=True)]
+    return {
+        "base": args.base,
+        "captchas": args.overhead_captchas,
+        "solves_per_s_this": [round(r) for r in this],
+        "solves_per_s_base": [round(r) for r in base_rate],
+        "median_ratio": round(statistics.median(ratios), 3),
+        "ratios": [round(r, 3) for r in ratios],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--crawl", help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=["outage", "overhead", "both"], default="both")
+    parser.add_argument("--captchas", type=int, default=500)
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--cooldown", type=float, default=2.0)
+    parser.add_argument("--down", type=float, default=3.0)
+    parser.add_argument("--base", default="main", help="git revision of the baseline")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--overhead-captchas", type=int, default=2000)
+    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--keep", help="keep the logs in this directory")
+    args = parser.parse_args()
+    if args.crawl:
+        crawl(args.crawl)
+        return
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        if args.keep:
+            directory = args.keep
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        if args.part in ("outage", "both"):
+            results["outage"] = outage(args, Path(directory))
+        if args.part in ("overhead", "both"):
+            results["overhead"] = overhead(args, Path(directory))
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.write:
+        (ROOT / "docs" / "failover-benchmarks.json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
