@@ -20,7 +20,7 @@ docs/benchmarks.md: 2000 captchas in memory through ``process_response``, one se
 this tree's package and with the package of git revision ``--base``, each in a fresh
 process, in turn (A B A B ...), and the ratio of their solves/s pair by pair.
 
-Prints one JSON object; ``--write`` also writes it to docs/failover-benchmarks.json.
+Prints one JSON object; ``--write`` also writes its parts into docs/failover-benchmarks.json.
 Nothing leaves the machine.
 """
 
@@ -256,7 +256,10 @@ def main() -> None:
     text = json.dumps(results, indent=1)
     print(text)
     if args.write:
-        (ROOT / "docs" / "failover-benchmarks.json").write_text(text + "\n")
+        # Each part replaces its own figures: the parts can be run apart.
+        path = ROOT / "docs" / "failover-benchmarks.json"
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**saved, **results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

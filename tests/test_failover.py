@@ -205,7 +205,11 @@ async def test_the_preferred_service_killed_mid_crawl_then_back_after_the_cooldo
     )
     assert per_service == stat(crawler, "capsolver/task_count")
     assert stat(crawler, "capsolver/provider/backup/task_count") == len(backup.created())
-    assert [r.message for r in caplog.records].count("Captcha tasks are back on capsolver") == 1
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("Captcha tasks are back on capsolver") == 1
+    (totals,) = [line for line in said if line.startswith("Captchas solved in this crawl")]
+    assert "paid API tasks (backup " in totals and totals.endswith(" (1 outage))")
+    assert stat(crawler, "capsolver/provider/backup/spent") > 0
     assert stat(crawler, "finish_reason", None) == "finished"
 
 
