@@ -24,6 +24,7 @@ from scrapy_capsolver_ocr.engines.cloud.breaker import Breakers
 from scrapy_capsolver_ocr.engines.cloud.failover import Failover, FailoverPolicy, is_no_slot
 from scrapy_capsolver_ocr.engines.cloud.routes import (
     Route,
+    RouteOpened,
     Sending,
     maybe_created,
     refused_before_sending,
@@ -225,3 +226,21 @@ def test_a_solution_pickled_before_the_provider_field_loads() -> None:
     object.__delattr__(old, "provider")  # as a queue written before the field existed
     loaded = pickle.loads(pickle.dumps(old))
     assert (loaded.text, loaded.provider) == ("ab12", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_task_whose_service_went_out_while_it_waited_goes_elsewhere() -> None:
+    services = Services()
+    services.outcomes["a"] = [REFUSED]
+    await services.pay()
+    a, b = services.routes
+    # Its turn on A came after A went out: it goes to B without a call.
+    with pytest.raises(RouteOpened):
+        services.failover.still_wanted(a, Sending())
+    # Unless it is A's probe, or may have been created on A already, or B is out too.
+    services.failover.still_wanted(a, Sending(probe=True))
+    services.failover.still_wanted(a, Sending(maybe_created=True))
+    services.failover.still_wanted(a, Sending(tried=[b]))
+    services.failover.still_wanted(b, Sending())
+    services.clock.advance(60)  # the cool-down is over
+    services.failover.still_wanted(a, Sending())

@@ -342,6 +342,27 @@ async def test_a_single_service_crawl_keeps_its_stats_and_solutions(
     assert not [name for name in crawler.stats.get_stats() if "/provider/" in name]
 
 
+@pytest.mark.parametrize(("cap", "most"), [("concurrency", 2), ("fleet_concurrency", 1)])
+@pytest_twisted.ensureDeferred
+async def test_a_service_cap_holds_its_calls_in_flight(
+    mocks: Callable[..., Mock], image_site: str, cap: str, most: int
+) -> None:
+    preferred, backup = mocks("preferred"), mocks("backup", "--latency", "0.1")
+    settings = two_services(preferred, backup)
+    # The backup preferred here, with a cap of its own below CAPSOLVER_CONCURRENCY (16).
+    entries = settings["CAPSOLVER_PROVIDERS"][::-1]
+    entries[0] = {**entries[0], cap: most}
+    settings["CAPSOLVER_PROVIDERS"] = entries
+    urls = images(image_site, "yz", 8)
+    crawler = await crawl(RecordingSpider, settings, urls=urls)
+    spider: Any = crawler.spider
+
+    assert spider.errors == {}
+    assert answered_by(spider, urls) == {failover_kinds.BACKUP}
+    assert backup.max_in_flight() == most
+    assert preferred.created() == []
+
+
 # Settings
 
 
