@@ -15,7 +15,9 @@ async def test_an_outage_seen_by_one_process_opens_the_breaker_for_every_one(
 ) -> None:
     async with fleet() as (a, b):
         assert await a.route_leave("capsolver", PROBE_LEASE) == "closed"
+        assert await b.route_open_for("capsolver") is None
         assert await a.route_failed("capsolver", 60.0)
+        assert 50.0 < await b.route_open_for("capsolver") <= 60.0
         # Opened once: the second report of the same outage is no new opening.
         assert not await b.route_failed("capsolver", 60.0)
         for state in (a, b):
@@ -29,6 +31,7 @@ async def test_after_the_cooldown_one_caller_of_the_fleet_probes(fleet: Fleet) -
     async with fleet() as (a, b):
         await a.route_failed("capsolver", 0.2)
         await sleep(0.3)
+        assert await b.route_open_for("capsolver") == 0.0  # half-open: nothing taken
         leaves = await gather(*(s.route_leave("capsolver", PROBE_LEASE) for s in (a, b, a, b)))
         assert sorted(leaves) == ["open", "open", "open", "probe"]
         # The probe answered: closed for everyone, and said once.

@@ -156,6 +156,10 @@ class SolvingState(Protocol):
         ``"probe"``: the cool-down is over and this caller sends the one task that tries
         it again (for at most ``probe_lease`` seconds; then another caller may)."""
 
+    async def route_open_for(self, provider: str) -> float | None:
+        """Without taking a probe (for status lines): None when ``provider``'s breaker is
+        closed, else the seconds its cool-down still lasts (0: a probe may go)."""
+
     async def route_failed(self, provider: str, cooldown: float) -> bool:
         """``provider`` had an outage: open its breaker for ``cooldown`` seconds (again, if
         it was open). True when it was closed: a new opening, counted once in the fleet."""
@@ -314,6 +318,12 @@ class MemoryState:
             return "open"
         breaker[1] = now + probe_lease
         return "probe"
+
+    async def route_open_for(self, provider: str) -> float | None:
+        breaker = self._breakers.get(provider)
+        if breaker is None:
+            return None
+        return max(0.0, breaker[0] - float(self._reactor.seconds()))
 
     async def route_failed(self, provider: str, cooldown: float) -> bool:
         opening = provider not in self._breakers

@@ -364,6 +364,16 @@ return 'probe'
 """,
 )
 
+# KEYS: breaker. -1: closed; else the ms its cool-down still lasts (0: a probe may go).
+ROUTE_OPEN_FOR = Script(
+    "route_open_for",
+    """
+local open = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '-1')
+if open < 0 then return -1 end
+return math.max(open - now_ms(), 0)
+""",
+)
+
 # KEYS: breaker. ARGV: cool-down ms, key lifetime ms. 1: it was closed (a new opening).
 ROUTE_FAILED = Script(
     "route_failed",

@@ -54,6 +54,7 @@ from .redis_scripts import (
     RENEW,
     ROUTE_FAILED,
     ROUTE_LEAVE,
+    ROUTE_OPEN_FOR,
     FleetKeys,
     Script,
     figures_keys,
@@ -445,6 +446,10 @@ class RedisState:
         leave = said.decode() if isinstance(said, bytes) else str(said)
         assert leave in ("closed", "open", "probe")
         return leave  # type: ignore[return-value]
+
+    async def route_open_for(self, provider: str) -> float | None:
+        left = int(await self._run(ROUTE_OPEN_FOR, [self.keys.breaker(provider)], []))
+        return None if left < 0 else left / 1000
 
     async def route_failed(self, provider: str, cooldown: float) -> bool:
         # The breaker outlives its cool-down by an hour, then is forgotten (closed) even if
