@@ -10,8 +10,8 @@ a failure means for the crawl is the :class:`Routes`'.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -155,6 +155,20 @@ class Routes(Protocol):
         ...
 
 
+class _NoSlot:
+    """The slot of a service without a cap of its own: nothing to wait for (one object for
+    every call, as the single-service path is every crawl's)."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SLOT = _NoSlot()
+
+
 class OneRoute:
     """One service: the crawl as before ``CAPSOLVER_PROVIDERS``. An account error closes the
     crawl, a block pauses all solving, failures are the request's."""
@@ -173,9 +187,8 @@ class OneRoute:
     async def pay(self, attempt: Attempt) -> CaptchaSolution:
         return await attempt(self.all[0], Sending())
 
-    @asynccontextmanager
-    async def slot(self, route: Route) -> AsyncIterator[None]:
-        yield
+    def slot(self, route: Route) -> AbstractAsyncContextManager[None]:
+        return _NO_SLOT
 
     def calling(self, route: Route) -> None:
         pass
