@@ -153,21 +153,37 @@ class _Reader:
 
 
 def mask_api_key(settings: BaseSettings) -> None:
-    """Replace a ``str`` ``CAPSOLVER_API_KEY`` in ``settings`` with its :class:`ApiKey`, so
-    that a dump of the settings (``scrapy shell``, the telnet console, ``copy_to_dict()``)
-    shows only its last characters. A blank key is left as it is, to be refused."""
+    """Replace a ``str`` ``CAPSOLVER_API_KEY`` in ``settings`` with its :class:`ApiKey`, and
+    the ``str`` ``api_key`` of every ``CAPSOLVER_PROVIDERS`` entry likewise, so that a dump
+    of the settings (``scrapy shell``, the telnet console, ``copy_to_dict()``) shows only
+    their last characters. A blank key is left as it is, to be refused."""
     key = settings.get("CAPSOLVER_API_KEY")
-    if not isinstance(key, str) or not key.strip():
-        return
-    priority = settings.getpriority("CAPSOLVER_API_KEY") or "addon"
+    if isinstance(key, str) and key.strip():
+        _replace_setting(settings, "CAPSOLVER_API_KEY", ApiKey(key.strip()))
+    providers = settings.get("CAPSOLVER_PROVIDERS")
+    if isinstance(providers, (list, tuple)) and any(_plain_key(entry) for entry in providers):
+        masked = [
+            {**entry, "api_key": ApiKey(entry["api_key"].strip())} if _plain_key(entry) else entry
+            for entry in providers
+        ]
+        _replace_setting(settings, "CAPSOLVER_PROVIDERS", masked)
+
+
+def _plain_key(entry: Any) -> bool:
+    key = entry.get("api_key") if isinstance(entry, dict) else None
+    return isinstance(key, str) and bool(key.strip())
+
+
+def _replace_setting(settings: BaseSettings, name: str, value: Any) -> None:
+    priority = settings.getpriority(name) or "addon"
     if not settings.frozen:  # the add-on, before Scrapy freezes the settings
-        settings.set("CAPSOLVER_API_KEY", ApiKey(key.strip()), priority=priority)
+        settings.set(name, value, priority=priority)
         return
     # The middleware enabled alone sees the settings frozen already: wrapping the key
     # changes no value that matters, only how it prints.
     from .compat import replace_frozen_setting
 
-    replace_frozen_setting(settings, "CAPSOLVER_API_KEY", ApiKey(key.strip()), priority)
+    replace_frozen_setting(settings, name, value, priority)
 
 
 def refuse_reactorless(settings: BaseSettings) -> None:
@@ -245,17 +261,137 @@ def _warn_unknown(settings: BaseSettings, known: set[str]) -> None:
 
 
 def _api_key(setting: Any) -> ApiKey | None:
-    raw = setting or os.environ.get("CAPSOLVER_API_KEY")
+    return _entry_key(setting, "CAPSOLVER_API_KEY", "CAPSOLVER_API_KEY", "a CapSolver key")
+
+
+def check_api_url(name: str, value: Any, allow_http: bool) -> str:
+    """A solving service's base URL: http(s), no query or fragment, https unless loopback
+    or ``CAPSOLVER_ALLOW_HTTP``; without its trailing slash."""
+    api_url = check_url(name, value)
+    if urlsplit(api_url).query or urlsplit(api_url).fragment:
+        # The method name is appended to the URL: a query would swallow it.
+        raise invalid(name, api_url, "a base URL without ?query or #fragment")
+    if api_url.startswith("http://") and not allow_http and not is_loopback(api_url):
+        # The key travels in the request body: plain HTTP would show it to the network.
+        raise invalid(
+            name,
+            api_url,
+            "an https:// URL (http:// only to a loopback address, or set "
+            "CAPSOLVER_ALLOW_HTTP = True to send the key unencrypted)",
+        )
+    return api_url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    """One solving service of ``CAPSOLVER_PROVIDERS``, checked (its options were accepted
+    by its kind's ``build``)."""
+
+    #: Its name in ``PROVIDER_KINDS`` ("capsolver", ...), also its name in stats.
+    name: str
+    api_key: ApiKey | None
+    api_url: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Paid calls in flight to this service from this process; 0: only
+    #: ``CAPSOLVER_CONCURRENCY`` applies.
+    concurrency: int = 0
+    #: Paid calls in flight to this service from the whole fleet; 0: no cap of its own.
+    fleet_concurrency: int = 0
+
+
+_ENTRY_KEYS = frozenset(
+    {"name", "api_key", "api_url", "options", "concurrency", "fleet_concurrency"}
+)
+_PROVIDERS_SHAPE = (
+    'a list of dicts such as {"name": "capsolver", "api_key": "...", "api_url": "https://...", '
+    '"options": {...}}'
+)
+
+
+def read_providers(
+    raw: Any,
+    api_key: ApiKey | None,
+    api_url: str,
+    allow_http: bool,
+    app_id: str | None,
+) -> tuple[ProviderEntry, ...]:
+    """``CAPSOLVER_PROVIDERS`` checked, in order of preference; unset: CapSolver alone with
+    ``CAPSOLVER_API_KEY`` and ``CAPSOLVER_API_URL``, as before the setting existed."""
+    name = "CAPSOLVER_PROVIDERS"
+    if raw is None or raw == [] or raw == ():
+        return (ProviderEntry("capsolver", api_key, api_url),)
+    # The registry sits above this module; it is imported only when the setting is used.
+    from .api.registry import PROVIDER_KINDS
+
+    if isinstance(raw, (str, bytes, dict)) or not isinstance(raw, (list, tuple)):
+        raise ValueError(f"{name} must be {_PROVIDERS_SHAPE}, not {type(raw).__name__}")
+    entries: list[ProviderEntry] = []
+    for number, item in enumerate(raw, 1):
+        where = f"{name} entry {number}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be a dict, not {type(item).__name__}")
+        unknown = sorted(str(k) for k in set(item) - _ENTRY_KEYS)
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {unknown}; allowed: {sorted(_ENTRY_KEYS)}")
+        kind = PROVIDER_KINDS.get(item.get("name"))  # type: ignore[arg-type]
+        if kind is None:
+            raise ValueError(
+                f"{where}: unknown provider name {item.get('name')!r}; known: "
+                f"{', '.join(PROVIDER_KINDS)}"
+            )
+        if any(entry.name == kind.name for entry in entries):
+            raise ValueError(f"{where}: provider {kind.name!r} is listed twice")
+        key = _entry_key(item.get("api_key"), kind.key_variable, f"{where} ({kind.name}) api_key")
+        if key is None:
+            raise ValueError(
+                f"{where}: no API key for {kind.name!r}: give its api_key or set the "
+                f"{kind.key_variable} environment variable"
+            )
+        url = check_api_url(
+            f"{where} ({kind.name}) api_url", item.get("api_url") or kind.default_url, allow_http
+        )
+        options = item.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError(
+                f"{where} ({kind.name}) options must be a dict, not {type(options).__name__}"
+            )
+        try:
+            kind.build(options, app_id)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where} ({kind.name}) options: {exc}") from None
+        entries.append(
+            ProviderEntry(
+                kind.name,
+                key,
+                url,
+                dict(options),
+                _entry_count(item, "concurrency", where),
+                _entry_count(item, "fleet_concurrency", where),
+            )
+        )
+    return tuple(entries)
+
+
+def _entry_key(value: Any, variable: str, name: str, what: str = "a key") -> ApiKey | None:
+    """The key of ``value``, else of the environment variable ``variable``; None: neither."""
+    raw = value or os.environ.get(variable)
     if not raw:
         return None
     if isinstance(raw, ApiKey):
         return raw
     if not isinstance(raw, str):
         # The value itself may be a key in the wrong shape: say its type, never the value.
-        raise ValueError(f"CAPSOLVER_API_KEY must be a string, not {type(raw).__name__}")
+        raise ValueError(f"{name} must be a string, not {type(raw).__name__}")
     if not raw.strip():
-        raise invalid("CAPSOLVER_API_KEY", raw, "a CapSolver key (this one is blank)")
+        raise invalid(name, raw, f"{what} (this one is blank)")
     return ApiKey(raw.strip())
+
+
+def _entry_count(item: dict[str, Any], key: str, where: str) -> int:
+    value = item.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid(f"{where} {key}", value, "a whole number >= 0")
+    return value
 
 
 @dataclass(frozen=True)
@@ -264,6 +400,11 @@ class SolverSettings:
 
     api_key: ApiKey | None
     api_url: str
+    #: ``CAPSOLVER_PROVIDERS`` in order of preference; one entry (CapSolver) when unset.
+    providers: tuple[ProviderEntry, ...]
+    no_slot_failover_after: float
+    failover_cooldown: float
+    failover_answer_errors: bool
     module: str | None
     score: float | None
     app_id: str | None
@@ -311,25 +452,28 @@ class SolverSettings:
         if not read.boolean("CAPSOLVER_ENABLED", True):
             raise NotConfigured("CAPSOLVER_ENABLED is False")
         refuse_reactorless(settings)
-        api_url = check_url("CAPSOLVER_API_URL", read.raw("CAPSOLVER_API_URL", DEFAULT_API_URL))
-        if urlsplit(api_url).query or urlsplit(api_url).fragment:
-            # The method name is appended to the URL: a query would swallow it.
-            raise invalid("CAPSOLVER_API_URL", api_url, "a base URL without ?query or #fragment")
         allow_http = read.boolean("CAPSOLVER_ALLOW_HTTP", False)
-        if api_url.startswith("http://") and not allow_http and not is_loopback(api_url):
-            # The key travels in the request body: plain HTTP would show it to the network.
-            raise invalid(
-                "CAPSOLVER_API_URL",
-                api_url,
-                "an https:// URL (http:// only to a loopback address, or set "
-                "CAPSOLVER_ALLOW_HTTP = True to send the key unencrypted)",
-            )
+        api_url = check_api_url(
+            "CAPSOLVER_API_URL", read.raw("CAPSOLVER_API_URL", DEFAULT_API_URL), allow_http
+        )
+        api_key = _api_key(read.raw("CAPSOLVER_API_KEY"))
+        app_id = read.optional("CAPSOLVER_APP_ID", check_text)
+        providers = read_providers(
+            read.raw("CAPSOLVER_PROVIDERS"), api_key, api_url, allow_http, app_id
+        )
         config = cls(
-            api_key=_api_key(read.raw("CAPSOLVER_API_KEY")),
-            api_url=api_url.rstrip("/"),
+            # The preferred provider's: what a single-provider crawl had in these two.
+            api_key=providers[0].api_key,
+            api_url=providers[0].api_url,
+            providers=providers,
+            no_slot_failover_after=read.seconds(
+                "CAPSOLVER_NO_SLOT_FAILOVER_AFTER", 30.0, allow_zero=True
+            ),
+            failover_cooldown=read.seconds("CAPSOLVER_FAILOVER_COOLDOWN", 60.0),
+            failover_answer_errors=read.boolean("CAPSOLVER_FAILOVER_ANSWER_ERRORS", False),
             module=read.optional("CAPSOLVER_MODULE", check_text),
             score=read.optional("CAPSOLVER_SCORE", check_score),
-            app_id=read.optional("CAPSOLVER_APP_ID", check_text),
+            app_id=app_id,
             timeout=read.seconds("CAPSOLVER_TIMEOUT", 30.0),
             max_retries=read.integer("CAPSOLVER_MAX_RETRIES", 3, minimum=0),
             concurrency=read.integer("CAPSOLVER_CONCURRENCY", 16, minimum=1),

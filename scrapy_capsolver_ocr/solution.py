@@ -17,7 +17,10 @@ class CaptchaSolution:
     for a local answer); ``image_sha256`` identifies the image (the cache key);
     ``confidence`` (0..1) is given by local answers and some others; ``from_cache`` is true
     when no API call was made for it; ``solver`` says who read it: ``"capsolver"``, or
-    ``"local"`` for the local OCR engine (``CAPSOLVER_LOCAL_OCR``), which costs nothing.
+    ``"local"`` for the local OCR engine (``CAPSOLVER_LOCAL_OCR``), which costs nothing;
+    ``provider`` names the paid service that answered when ``CAPSOLVER_PROVIDERS`` lists
+    several (``"capsolver"``, ``"anticaptcha"``...; empty otherwise): a wrong answer is
+    reported to it. A solution pickled before the field existed loads with it empty.
     """
 
     text: str
@@ -26,6 +29,7 @@ class CaptchaSolution:
     confidence: float | None = None
     from_cache: bool = False
     solver: str = CAPSOLVER
+    provider: str = ""
 
     def __str__(self) -> str:
         return self.text

@@ -60,9 +60,14 @@ class CrawlProcess:
 
 
 def start_crawl(
-    directory: Path, name: str, settings: dict[str, Any], urls: Sequence[str]
+    directory: Path,
+    name: str,
+    settings: dict[str, Any],
+    urls: Sequence[str],
+    runner: Path = RUNNER,
 ) -> CrawlProcess:
-    """Start one crawl process of ``urls`` with ``settings``."""
+    """Start one crawl process of ``urls`` with ``settings`` (``runner``: fleet_crawl.py or
+    a script that prepares the process and then calls it)."""
     job = {
         "settings": settings,
         "urls": list(urls),
@@ -75,11 +80,11 @@ def start_crawl(
     env.pop("CAPSOLVER_API_KEY", None)
     with open(directory / f"{name}.stderr", "wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, str(RUNNER), str(job_path)],
+            [sys.executable, str(runner), str(job_path)],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env=env,
-            cwd=RUNNER.parent,
+            cwd=runner.parent,
         )
     return CrawlProcess(process, Path(job["result"]), Path(job["log"]))
 

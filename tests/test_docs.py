@@ -103,6 +103,8 @@ def code_type(name: str, default: Any) -> str:
         "tuple[re.Pattern[str], ...]": "list of str",
         # host:port strings, kept as (host, port) pairs once checked
         "tuple[tuple[str, int], ...]": "list of str",
+        # CAPSOLVER_PROVIDERS: dicts, kept as ProviderEntry once checked
+        "tuple[ProviderEntry, ...]": "list of dict",
     }.get(annotation, annotation)
 
 

@@ -53,12 +53,13 @@ class SolveProgress:
         free = self._stats.get_value("capsolver/local/solved", 0)
         logger.info(
             "Captchas solved in this crawl: %d, %d of them read locally for free (%.0f %%); "
-            "%d failed; %d paid API tasks",
+            "%d failed; %d paid API tasks%s",
             solved,
             free,
             100.0 * free / solved if solved else 0.0,
             self._stats.get_value("capsolver/failed", 0),
             self._account.calls_made,
+            providers_line(self._stats),
         )
 
     def log(self) -> None:
@@ -72,7 +73,7 @@ class SolveProgress:
             fleet = f"; fleet: {fleet_line(self._stats)}"
         logger.info(
             "Captchas: %d solved (at %.1f/min, %d of them free, read locally), %d failed, "
-            "%d in flight (%d at the API), %d API tasks%s",
+            "%d in flight (%d at the API), %d API tasks%s%s",
             solved,
             rate,
             self._stats.get_value("capsolver/local/solved", 0),
@@ -80,6 +81,7 @@ class SolveProgress:
             self._solver.in_flight,
             self._account.calls_in_flight,
             self._account.calls_made,
+            providers_line(self._stats),
             fleet,
         )
 
@@ -96,3 +98,30 @@ def fleet_line(stats: StatsCollector) -> str:
     )
     paused = stats.get_value("capsolver/fleet/paused_for", 0)
     return line + (f", paused for {paused:g} s more" if paused else "")
+
+
+PROVIDER_PREFIX = "capsolver/provider/"
+
+
+def providers_line(stats: StatsCollector) -> str:
+    """With several services (``CAPSOLVER_PROVIDERS``): the API tasks of each and its
+    outages; empty with one service. (What each cost is in its stats, read once the
+    balances are read again after this last line.)"""
+    names = sorted(
+        {
+            name.removeprefix(PROVIDER_PREFIX).partition("/")[0]
+            for name in stats.get_stats()
+            if name.startswith(PROVIDER_PREFIX)
+        }
+    )
+    if not names:
+        return ""
+    parts = []
+    for name in names:
+        stat = f"{PROVIDER_PREFIX}{name}/"
+        part = f"{name} {stats.get_value(stat + 'task_count', 0)}"
+        outages = stats.get_value(stat + "breaker_opened", 0)
+        if outages:
+            part += f" ({outages} outage{'s' if outages != 1 else ''})"
+        parts.append(part)
+    return " (" + "; ".join(parts) + ")"

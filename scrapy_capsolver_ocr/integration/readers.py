@@ -1,25 +1,33 @@
 """The readers of a crawl's solver, built from its settings: with ``CAPSOLVER_LOCAL_OCR``
-the local reader first, then always the cloud reader (CapSolver, the one provider today).
-The one place where ``CAPSOLVER_*`` settings become the engines' own small objects."""
+the local reader first, then always the cloud reader (the services of
+``CAPSOLVER_PROVIDERS``, CapSolver alone by default). The one place where ``CAPSOLVER_*``
+settings become the engines' own small objects."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from scrapy.statscollectors import StatsCollector
 
-from ..api.capsolver import CapSolver
 from ..api.client import ApiClient
 from ..api.image_task import TaskRunner
-from ..api.provider import Provider
+from ..api.provider import Provider, TaskOptions
+from ..api.registry import PROVIDER_KINDS
 from ..engines.base import ImageReader
 from ..engines.cloud.account import Account, AccountLimits
+from ..engines.cloud.breaker import Breakers
+from ..engines.cloud.failover import Failover, FailoverPolicy
 from ..engines.cloud.reader import CloudReader
 from ..engines.cloud.retry import Retrier, RetryPolicy
+from ..engines.cloud.routes import OneRoute, Route, Routes
 from ..engines.local import require_ddddocr
 from ..reactor import installed_reactor
-from ..settings import SolverSettings
+from ..settings import ProviderEntry, SolverSettings
 from ..state.base import SolvingState
+from ..state.fleet import LEASE_MARGIN
+
+logger = logging.getLogger(__name__)
 
 
 def crawl_readers(
@@ -42,20 +50,62 @@ def cloud_reader(
     state: SolvingState,
     on_fatal: Callable[[str], None],
 ) -> CloudReader:
-    """The cloud reader, with its API client, account guard and retries, as the settings
-    say; ``on_fatal`` closes the crawl with a close reason."""
-    provider = provider_for(config)
-    api = ApiClient(
-        provider.errors, config.api_url, config.api_key, config.timeout, config.concurrency
-    )
+    """The cloud reader, with its services' API clients, account guard and retries, as the
+    settings say; ``on_fatal`` closes the crawl with a close reason."""
     limits = AccountLimits(
         concurrency=config.concurrency,
         has_key=config.api_key is not None,
         max_tasks=config.max_tasks,
         block_window=config.block_window,
     )
-    account = Account(limits, state, stats, on_fatal, installed_reactor())
+    reactor = installed_reactor()
+    account = Account(limits, state, stats, on_fatal, reactor)
     policy = RetryPolicy(config.max_retries, config.backoff_base, config.backoff_max)
+    retrier = Retrier(policy, stats, account.sleep)
+    routes: Routes
+    if len(config.providers) == 1:
+        routes = OneRoute(route_for(config, provider_for(config), stats, account), account)
+    else:
+        every = [
+            route_for(config, provider_for(config, entry), stats, account, entry)
+            for entry in config.providers
+        ]
+        breakers = Breakers(
+            state, stats, config.failover_cooldown, probe_lease=config.timeout + LEASE_MARGIN
+        )
+        failover = FailoverPolicy(
+            cooldown=config.failover_cooldown,
+            no_slot_after=config.no_slot_failover_after,
+            answer_errors=config.failover_answer_errors,
+            block_pause=config.block_pause,
+        )
+        routes = Failover(every, account, breakers, state, stats, failover, reactor)
+    return CloudReader(routes, account, retrier, state, stats, report_wrong=config.report_wrong)
+
+
+def route_for(
+    config: SolverSettings,
+    provider: Provider,
+    stats: StatsCollector,
+    account: Account,
+    entry: ProviderEntry | None = None,
+) -> Route:
+    """One service's route: its provider, API client and task runner."""
+    entry = entry or config.providers[0]
+    unsupported = provider.unsupported(TaskOptions(config.module, config.score))
+    if unsupported:
+        logger.warning(
+            "%s cannot honour %s (CAPSOLVER_* settings): its tasks are sent without them",
+            entry.name,
+            ", ".join(unsupported),
+        )
+    api = ApiClient(
+        provider.errors,
+        entry.api_url,
+        entry.api_key,
+        config.timeout,
+        entry.concurrency or config.concurrency,
+    )
     runner = TaskRunner(
         provider,
         api,
@@ -65,15 +115,14 @@ def cloud_reader(
         poll_timeout=config.timeout,
         on_poll=lambda: stats.inc_value("capsolver/polls"),
     )
-    retrier = Retrier(policy, stats, account.sleep)
-    return CloudReader(
-        provider, api, runner, account, retrier, state, stats, report_wrong=config.report_wrong
-    )
+    return Route(entry.name, provider, api, runner, entry.concurrency, entry.fleet_concurrency)
 
 
-def provider_for(config: SolverSettings) -> Provider:
-    """The service the cloud reader pays, as the settings say."""
-    return CapSolver(app_id=config.app_id)
+def provider_for(config: SolverSettings, entry: ProviderEntry | None = None) -> Provider:
+    """The service the cloud reader pays, as the settings say: ``entry`` of
+    ``CAPSOLVER_PROVIDERS``, by default the first (CapSolver when the setting is unset)."""
+    entry = entry or config.providers[0]
+    return PROVIDER_KINDS[entry.name].build(entry.options, config.app_id)
 
 
 def local_reader(config: SolverSettings, stats: StatsCollector) -> ImageReader:

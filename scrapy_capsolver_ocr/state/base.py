@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from twisted.internet.defer import DeferredSemaphore
 
@@ -70,6 +70,10 @@ class Stop:
     close reason: ``capsolver_max_tasks`` or ``capsolver_blocked``)."""
 
     reason: str
+
+
+#: What :meth:`SolvingState.route_leave` says of a provider.
+RouteLeave = Literal["closed", "open", "probe"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,33 @@ class SolvingState(Protocol):
     async def stop_reason(self) -> str | None:
         """The close reason when solving has stopped for the whole fleet, else None."""
 
+    # Providers (CAPSOLVER_PROVIDERS): circuit breakers and concurrency caps
+
+    async def route_leave(self, provider: str, probe_lease: float) -> RouteLeave:
+        """Whether a task may go to ``provider``: ``"closed"`` (it is healthy), ``"open"``
+        (cooling down after an outage, or another caller's probe is under way), or
+        ``"probe"``: the cool-down is over and this caller sends the one task that tries
+        it again (for at most ``probe_lease`` seconds; then another caller may)."""
+
+    async def route_open_for(self, provider: str) -> float | None:
+        """Without taking a probe (for status lines): None when ``provider``'s breaker is
+        closed, else the seconds its cool-down still lasts (0: a probe may go)."""
+
+    async def route_failed(self, provider: str, cooldown: float) -> bool:
+        """``provider`` had an outage: open its breaker for ``cooldown`` seconds (again, if
+        it was open). True when it was closed: a new opening, counted once in the fleet."""
+
+    async def route_recovered(self, provider: str) -> bool:
+        """``provider`` answered: close its breaker. True when it was open (the fleet is
+        back on it: said once)."""
+
+    async def provider_permit(self, provider: str, cap: int) -> str | None:
+        """A permit for one call to ``provider`` when fewer than ``cap`` are in flight to
+        it (in the fleet), else None: ask again a moment later."""
+
+    async def end_provider_call(self, provider: str, permit: str) -> None:
+        """The call of ``permit`` is answered (or failed): give it back."""
+
     async def figures(self) -> StateFigures:
         """Figures for status lines and stats."""
 
@@ -163,6 +194,9 @@ class MemoryState:
         self._paused_until = 0.0
         self._last_block_at = -math.inf
         self._stopped: str | None = None
+        # Per provider: [open until, probe lease until], in reactor seconds.
+        self._breakers: dict[str, list[float]] = {}
+        self._provider_calls: dict[str, int] = {}
         # One process is the whole fleet: the account's cap is a cap on this process.
         self._permits = (
             DeferredSemaphore(limits.fleet_concurrency) if limits.fleet_concurrency else None
@@ -274,6 +308,40 @@ class MemoryState:
 
     async def stop_reason(self) -> str | None:
         return self._stopped
+
+    async def route_leave(self, provider: str, probe_lease: float) -> RouteLeave:
+        breaker = self._breakers.get(provider)
+        if breaker is None:
+            return "closed"
+        now = self._reactor.seconds()
+        if now < breaker[0] or now < breaker[1]:
+            return "open"
+        breaker[1] = now + probe_lease
+        return "probe"
+
+    async def route_open_for(self, provider: str) -> float | None:
+        breaker = self._breakers.get(provider)
+        if breaker is None:
+            return None
+        return max(0.0, breaker[0] - float(self._reactor.seconds()))
+
+    async def route_failed(self, provider: str, cooldown: float) -> bool:
+        opening = provider not in self._breakers
+        self._breakers[provider] = [self._reactor.seconds() + cooldown, 0.0]
+        return opening
+
+    async def route_recovered(self, provider: str) -> bool:
+        return self._breakers.pop(provider, None) is not None
+
+    async def provider_permit(self, provider: str, cap: int) -> str | None:
+        in_flight = self._provider_calls.get(provider, 0)
+        if in_flight >= cap:
+            return None
+        self._provider_calls[provider] = in_flight + 1
+        return provider
+
+    async def end_provider_call(self, provider: str, permit: str) -> None:
+        self._provider_calls[provider] -= 1
 
     async def figures(self) -> StateFigures:
         period = self.limits.budget_period

@@ -89,6 +89,14 @@ class FleetKeys:
     def solved_channel(self) -> str:
         return f"{self.fleet_prefix}solved"
 
+    def breaker(self, provider: str) -> str:
+        """The circuit breaker of one provider of the fleet (``CAPSOLVER_PROVIDERS``)."""
+        return f"{self.fleet_prefix}breaker:{provider}"
+
+    def provider_calls(self, provider: str) -> str:
+        """The calls in flight to one provider from the fleet, for its ``fleet_concurrency``."""
+        return f"{self.fleet_prefix}provider-calls:{provider}"
+
     @property
     def calls(self) -> str:
         return f"{self.account_prefix}calls"
@@ -337,5 +345,56 @@ RESET_BUDGET = Script(
 local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'used', 0) end
 return used
+""",
+)
+
+
+# KEYS: breaker. ARGV: probe lease ms. Closed (no key), open (cooling down, or a probe of
+# another caller under way), or probe: this caller sends the one task that tries it again.
+ROUTE_LEAVE = Script(
+    "route_leave",
+    """
+local open = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '-1')
+if open < 0 then return 'closed' end
+local now = now_ms()
+local probe = tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0')
+if now < open or now < probe then return 'open' end
+redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[1]))
+return 'probe'
+""",
+)
+
+# KEYS: breaker. -1: closed; else the ms its cool-down still lasts (0: a probe may go).
+ROUTE_OPEN_FOR = Script(
+    "route_open_for",
+    """
+local open = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '-1')
+if open < 0 then return -1 end
+return math.max(open - now_ms(), 0)
+""",
+)
+
+# KEYS: breaker. ARGV: cool-down ms, key lifetime ms. 1: it was closed (a new opening).
+ROUTE_FAILED = Script(
+    "route_failed",
+    """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('HSET', KEYS[1], 'open_until', now_ms() + tonumber(ARGV[1]), 'probe_until', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if existed == 1 then return 0 end
+return 1
+""",
+)
+
+# KEYS: provider calls. ARGV: cap, lease ms, call id. 1: a permit was taken.
+PROVIDER_PERMIT = Script(
+    "provider_permit",
+    """
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
 """,
 )

@@ -32,7 +32,7 @@ from ..errors import CaptchaCrawlClosingError, CaptchaFleetError, CaptchaSolveEr
 from ..reactor import installed_reactor
 from ..settings import ApiKey
 from ..solution import CaptchaSolution
-from .base import CallTicket, Pause, StateFigures, StateLimits, Stop
+from .base import CallTicket, Pause, RouteLeave, StateFigures, StateLimits, Stop
 from .redis_connection import (
     UNAVAILABLE,
     RedisSubscriber,
@@ -50,7 +50,11 @@ from .redis_scripts import (
     FIGURES,
     FINISH,
     FORGET,
+    PROVIDER_PERMIT,
     RENEW,
+    ROUTE_FAILED,
+    ROUTE_LEAVE,
+    ROUTE_OPEN_FOR,
     FleetKeys,
     Script,
     figures_keys,
@@ -64,6 +68,8 @@ logger = logging.getLogger(__name__)
 RECHECK = 2.0
 #: Seconds a claimant's outcome stays readable for waiters that look after it was sent.
 OUTCOME_TTL_MS = 30_000
+#: Seconds a provider's open breaker is kept past its cool-down, then forgotten.
+BREAKER_MEMORY = 3600.0
 
 
 def account_fingerprint(api_key: ApiKey | None) -> str:
@@ -85,7 +91,14 @@ def _ms_or_off(seconds: float) -> int:
 
 
 def _solution_data(solution: CaptchaSolution) -> dict[str, Any]:
-    return {"text": solution.text, "task_id": solution.task_id, "confidence": solution.confidence}
+    data: dict[str, Any] = {
+        "text": solution.text,
+        "task_id": solution.task_id,
+        "confidence": solution.confidence,
+    }
+    if solution.provider:
+        data["provider"] = solution.provider
+    return data
 
 
 def _solution(data: dict[str, Any], sha256: str) -> CaptchaSolution:
@@ -94,6 +107,7 @@ def _solution(data: dict[str, Any], sha256: str) -> CaptchaSolution:
         task_id=str(data.get("task_id") or ""),
         image_sha256=sha256,
         confidence=data.get("confidence"),
+        provider=str(data.get("provider") or ""),
     )
 
 
@@ -424,6 +438,43 @@ class RedisState:
         except UNAVAILABLE as exc:
             raise self._unreachable(exc) from None
         return reason.decode() if reason else None
+
+    # Providers
+
+    async def route_leave(self, provider: str, probe_lease: float) -> RouteLeave:
+        said = await self._run(ROUTE_LEAVE, [self.keys.breaker(provider)], [_ms(probe_lease)])
+        leave = said.decode() if isinstance(said, bytes) else str(said)
+        assert leave in ("closed", "open", "probe")
+        return leave  # type: ignore[return-value]
+
+    async def route_open_for(self, provider: str) -> float | None:
+        left = int(await self._run(ROUTE_OPEN_FOR, [self.keys.breaker(provider)], []))
+        return None if left < 0 else left / 1000
+
+    async def route_failed(self, provider: str, cooldown: float) -> bool:
+        # The breaker outlives its cool-down by an hour, then is forgotten (closed) even if
+        # every process that knew of the outage is gone.
+        lifetime = _ms(cooldown + BREAKER_MEMORY)
+        keys = [self.keys.breaker(provider)]
+        return bool(await self._run(ROUTE_FAILED, keys, [_ms(cooldown), lifetime]))
+
+    async def route_recovered(self, provider: str) -> bool:
+        try:
+            return bool(await self._client.delete(self.keys.breaker(provider)))
+        except UNAVAILABLE as exc:
+            raise self._unreachable(exc) from None
+
+    async def provider_permit(self, provider: str, cap: int) -> str | None:
+        permit = f"{self._owner}:{uuid.uuid4().hex[:12]}"
+        keys = [self.keys.provider_calls(provider)]
+        taken = await self._run(PROVIDER_PERMIT, keys, [cap, _ms(self.limits.lease), permit])
+        return permit if taken else None
+
+    async def end_provider_call(self, provider: str, permit: str) -> None:
+        try:
+            await self._client.zrem(self.keys.provider_calls(provider), permit)
+        except UNAVAILABLE as exc:
+            raise self._unreachable(exc) from None
 
     async def _renew(self) -> None:
         claims, calls = list(self._claims), list(self._calls)

@@ -33,6 +33,12 @@ Control endpoints, for the tests:
 - ``GET /_stats``: ``{"max_in_flight": n, "applied": [n per rule], "outages": n}``: the most
   API calls answered at once, how many calls each fault rule was applied to, outages begun.
 - ``POST /_reset``: forget calls and configuration.
+
+``--port N`` listens on that port (a mock started again where a killed one listened);
+``--calls-log PATH`` appends one JSON line per API call as it arrives (``method``, and for
+createTask the image's ``sha256``), flushed at once, so that the calls of a mock that was
+killed can still be counted; a createTask answered with an error (which creates no task)
+gets a second line with ``"refused": true``.
 """
 
 from __future__ import annotations
@@ -71,7 +77,8 @@ def answer_for(image: bytes) -> str:
 
 
 class MockState:
-    def __init__(self, key: str | None, latency: float) -> None:
+    def __init__(self, key: str | None, latency: float, calls_log: str | None = None) -> None:
+        self.calls_log = open(calls_log, "a") if calls_log else None  # noqa: SIM115
         self.default_key = key
         self.default_latency = latency
         self.in_flight = 0
@@ -245,6 +252,12 @@ class Api(resource.Resource):
             body = None
         self.state.counts[path] = self.state.counts.get(path, 0) + 1
         self.state.calls.append({"method": path, "body": body, "at": time.time()})
+        if self.state.calls_log is not None:
+            image = image_of(body) if path == "createTask" else None
+            digest = hashlib.sha256(image).hexdigest() if image else ""
+            line = {"method": path, "sha256": digest, "at": time.time()}
+            self.state.calls_log.write(json.dumps(line) + "\n")
+            self.state.calls_log.flush()
         self.state.in_flight += 1
         self.state.max_in_flight = max(self.state.max_in_flight, self.state.in_flight)
         request.notifyFinish().addBoth(self.finished)
@@ -267,12 +280,24 @@ class Api(resource.Resource):
 
     def respond(self, request: Any, path: str, body: Any, rule: dict[str, Any] | None) -> None:
         if rule is not None and self.inject(request, rule):
+            if rule["fault"] in ("http", "echo", "not_json"):
+                self.log_refused(path, body)
             return
         status, answer = self.answer(path, body, rule)
+        if answer.get("errorId"):
+            self.log_refused(path, body)
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.write(json.dumps(answer).encode())
         request.finish()
+
+    def log_refused(self, path: str, body: Any) -> None:
+        """A createTask answered with an error: it created no task (for ``--calls-log``)."""
+        image = image_of(body) if path == "createTask" else None
+        if self.state.calls_log is not None and image:
+            line = {"method": path, "sha256": hashlib.sha256(image).hexdigest(), "refused": True}
+            self.state.calls_log.write(json.dumps(line) + "\n")
+            self.state.calls_log.flush()
 
     def inject(self, request: Any, rule: dict[str, Any]) -> bool:
         """Apply a transport-level fault; False when the fault shapes the JSON instead."""
@@ -407,13 +432,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--key", default=None, help="the only clientKey accepted")
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--calls-log", default=None, help="append every API call here")
     args = parser.parse_args()
-    state = MockState(args.key, args.latency)
+    state = MockState(args.key, args.latency, args.calls_log)
     api = Api(state)
     site = server.Site(api)
     site.displayTracebacks = False
     site.noisy = False
     api.api_port = ApiPort(site, state)
+    api.api_port.number = args.port
     api.api_port.listen()
     print(f"http://127.0.0.1:{api.api_port.number}", flush=True)
     reactor.run()

@@ -106,10 +106,14 @@ class Account:
     # Leave to pay
 
     @asynccontextmanager
-    async def paid_call(self) -> AsyncIterator[CallTicket]:
+    async def paid_call(
+        self, still_wanted: Callable[[], None] = lambda: None
+    ) -> AsyncIterator[CallTicket]:
         """Leave for one paid call, held for the ``async with`` block; counted in
-        ``calls_made``. Waits for a slot, a pause to end and the balance read at start."""
-        ticket = await self._leave()
+        ``calls_made``. Waits for a slot, a pause to end and the balance read at start;
+        ``still_wanted()`` is asked once a slot is free, before the budget counts the call
+        (it raises when the call should not be made after all)."""
+        ticket = await self._leave(still_wanted)
         try:
             self.calls_made += 1
             yield ticket
@@ -117,7 +121,7 @@ class Account:
             await quietly(self._stats, self._state.end_call(ticket), "give a permit back")
             self._slots.release()
 
-    async def _leave(self) -> CallTicket:
+    async def _leave(self, still_wanted: Callable[[], None]) -> CallTicket:
         """A concurrency slot and the state's leave for one call, at a moment when sending
         is allowed: a pause, a close or the end of solving may begin while waiting."""
         while True:
@@ -125,6 +129,7 @@ class Account:
             await take(self._slots, self._reactor)
             try:
                 self.raise_if_stopped()
+                still_wanted()
                 verdict = await self._state.begin_call()
                 if isinstance(verdict, CallTicket):
                     if self._fatal is not None or self._closing:

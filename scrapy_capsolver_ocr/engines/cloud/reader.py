@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from scrapy.statscollectors import StatsCollector
 
-from ...api.client import ApiClient
-from ...api.image_task import TaskRunner
-from ...api.provider import Provider, TaskOptions
+from ...api.provider import TaskOptions
 from ...errors import (
     CLOSE_ZERO_BALANCE,
     CaptchaAccountError,
+    CaptchaApiError,
     CaptchaBlockedError,
     CaptchaCrawlClosingError,
     CaptchaSolveError,
@@ -32,23 +32,24 @@ from ...state.base import SolvingState
 from ...state.housekeeping import quietly
 from ..base import CaptchaImage
 from .account import Account
+from .breaker import provider_stat
 from .retry import Retrier
+from .routes import Route, Routes, Sending, note_sending
 
 logger = logging.getLogger(__name__)
 
 
 class CloudReader:
     """Reads images through a solving service: cached and shared answers, else a paid
-    task. Everything the service spells its own way is its ``provider``'s."""
+    task. Everything the service spells its own way is its ``provider``'s; which service
+    a task is paid on (one, or several with failover) is its ``routes``'."""
 
     name = CAPSOLVER
     local = False
 
     def __init__(
         self,
-        provider: Provider,
-        api: ApiClient,
-        runner: TaskRunner,
+        routes: Routes,
         account: Account,
         retrier: Retrier,
         state: SolvingState,
@@ -56,10 +57,11 @@ class CloudReader:
         *,
         report_wrong: bool = True,
     ) -> None:
-        self.provider = provider
-        self.api = api
+        self.routes = routes
+        #: The preferred service's provider and client (the only ones without failover).
+        self.provider = routes.preferred.provider
+        self.api = routes.preferred.api
         self.account = account
-        self._runner = runner
         self._retrier = retrier
         self._state = state
         self._stats = stats
@@ -98,25 +100,40 @@ class CloudReader:
 
     async def _pay(self, captcha: CaptchaImage) -> CaptchaSolution:
         options = TaskOptions(captcha.module, captcha.score, captcha.website_url)
-        payload = self.provider.task_payload(captcha.body, options)
 
-        async def attempt() -> CaptchaSolution:
-            return self.provider.solution(await self._call(payload), captcha.sha256)
+        async def on(route: Route, sending: Sending) -> CaptchaSolution:
+            payload = route.provider.task_payload(captcha.body, options)
 
-        return await self._retrier.api_call(attempt, stopped=lambda: self.account.stopped)
+            async def attempt() -> CaptchaSolution:
+                return route.provider.solution(
+                    await self._call(route, payload, sending), captcha.sha256
+                )
 
-    async def _call(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """One paid task, run to its answer, with the account's leave."""
-        async with self.account.paid_call() as ticket:
+            return await self._retrier.api_call(
+                attempt, stopped=lambda: self.routes.stopped(route), give_up=self.routes.give_up
+            )
+
+        return await self.routes.pay(on)
+
+    async def _call(
+        self, route: Route, payload: dict[str, Any], sending: Sending
+    ) -> dict[str, Any]:
+        """One paid task on ``route``, run to its answer, with the account's leave."""
+        wanted = partial(self.routes.still_wanted, route, sending)
+        async with self.routes.slot(route), self.account.paid_call(wanted) as ticket:
             self._stats.inc_value("capsolver/task_count")
+            self.routes.calling(route)
             try:
-                return await self._runner.run(payload)
+                return await route.runner.run(payload)
             # Acted on before the leave is given back: the next caller must see the new state.
             except CaptchaBlockedError as exc:
-                await self.account.blocked(exc, ticket)
+                await self.routes.blocked(route, exc, ticket)
                 raise
             except CaptchaAccountError as exc:
-                self.account.fail(exc)
+                await self.routes.account_error(route, exc)
+                raise
+            except CaptchaApiError as exc:
+                note_sending(sending, exc)
                 raise
 
     # What the site said of an answer
@@ -128,16 +145,17 @@ class CloudReader:
         pass
 
     async def rejected(self, solution: CaptchaSolution, message: str = "") -> None:
-        """Tell the service (CapSolver: ``feedbackTask``) when ``CAPSOLVER_REPORT_WRONG`` is
-        on. A failed report is logged, never raised."""
+        """Tell the service that answered (CapSolver: ``feedbackTask``) when
+        ``CAPSOLVER_REPORT_WRONG`` is on. A failed report is logged, never raised."""
         if not self._report_wrong or not solution.task_id:
             return
+        route = self.routes.named(solution.provider)
         try:
-            await self.api.call(*self.provider.wrong_answer(solution.task_id, message))
+            await route.api.call(*route.provider.wrong_answer(solution.task_id, message))
         except CaptchaSolveError as exc:
             self._stats.inc_value("capsolver/feedback_failed")
             logger.warning(
-                "Could not report a wrong captcha answer to %s: %s", self.provider.name, exc
+                "Could not report a wrong captcha answer to %s: %s", route.provider.name, exc
             )
         else:
             self._stats.inc_value("capsolver/feedback_sent")
@@ -145,46 +163,74 @@ class CloudReader:
     # Balance
 
     async def balance(self) -> float:
-        """The account balance in USD (CapSolver: ``getBalance``)."""
-        return self.provider.balance_from(await self.api.call(*self.provider.balance_call()))
+        """The preferred service's account balance in USD (CapSolver: ``getBalance``)."""
+        return await self._balance_of(self.routes.preferred)
+
+    async def _balance_of(self, route: Route) -> float:
+        return route.provider.balance_from(await route.api.call(*route.provider.balance_call()))
 
     async def record_balance(self, *, at_start: bool) -> float | None:
-        """Read the balance into ``capsolver/balance_start`` or ``capsolver/balance_end``.
-        At the start, account errors and a zero balance close the crawl and a block pauses
-        solving; any other failure is logged and the crawl goes on."""
+        """Read the balance into ``capsolver/balance_start`` or ``capsolver/balance_end``
+        (with several services: their sum, and each one's in
+        ``capsolver/provider/<name>/balance_*``). At the start, account errors and a zero
+        balance close the crawl (with failover: move tasks off that service) and a block
+        pauses solving; any other failure is logged and the crawl goes on."""
         try:
-            value = await self.balance()
+            values = [await self._record_balance(route, at_start) for route in self.routes.all]
+        finally:
+            self.account.balance_checked()
+        if any(value is None for value in values):
+            return None
+        total = sum(value for value in values if value is not None)
+        self._stats.set_value(
+            "capsolver/balance_start" if at_start else "capsolver/balance_end", total
+        )
+        return total
+
+    async def _record_balance(self, route: Route, at_start: bool) -> float | None:
+        name = route.provider.name
+        try:
+            value = await self._balance_of(route)
         except CaptchaBlockedError as exc:
             if at_start:
                 # Blocked before the first task: pause as a blocked createTask would, rather
                 # than send every waiting task into the block.
-                await self.account.blocked(exc, None)
+                await self.routes.blocked(route, exc, None)
             else:
-                logger.warning("Could not read the %s balance: %s", self.provider.name, exc)
+                logger.warning("Could not read the %s balance: %s", name, exc)
             return None
         except CaptchaAccountError as exc:
             if at_start:
-                self.account.fail(exc)
+                await self.routes.account_error(route, exc)
             return None
         except CaptchaSolveError as exc:
-            logger.warning("Could not read the %s balance: %s", self.provider.name, exc)
+            logger.warning("Could not read the %s balance: %s", name, exc)
             return None
-        finally:
-            self.account.balance_checked()
-        self._stats.set_value(
-            "capsolver/balance_start" if at_start else "capsolver/balance_end", value
-        )
+        if self.routes.balances():
+            self._record_provider_balance(route, value, at_start)
         if at_start and value <= 0:
-            self.account.fail(
+            await self.routes.account_error(
+                route,
                 CaptchaAccountError(
-                    f"The {self.provider.name} balance is 0: top it up to solve captchas.",
+                    f"The {name} balance is 0: top it up to solve captchas.",
                     "ERROR_ZERO_BALANCE",
                     close_reason=CLOSE_ZERO_BALANCE,
-                )
+                ),
             )
         return value
 
+    def _record_provider_balance(self, route: Route, value: float, at_start: bool) -> None:
+        if at_start:
+            self._stats.set_value(provider_stat(route, "balance_start"), value)
+            logger.info("%s balance at start: %.4f USD", route.name, value)
+            return
+        self._stats.set_value(provider_stat(route, "balance_end"), value)
+        start = self._stats.get_value(provider_stat(route, "balance_start"))
+        if start is not None:
+            self._stats.set_value(provider_stat(route, "spent"), round(start - value, 6))
+
     async def close(self) -> None:
-        """Fail what still waits and close the connection pool (the crawl has ended)."""
+        """Fail what still waits and close the connection pools (the crawl has ended)."""
         self.account.close()
-        await self.api.close()
+        for route in self.routes.all:
+            await route.api.close()

@@ -67,12 +67,17 @@ class Retrier:
         return f"Retrier({self.policy!r})"
 
     async def api_call(
-        self, operation: Callable[[], Awaitable[T]], *, stopped: Callable[[], bool]
+        self,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        stopped: Callable[[], bool],
+        give_up: Callable[[CaptchaApiError], bool] = lambda exc: False,
     ) -> T:
         """``operation()``, retried with backoff on the errors the table allows: transient
         API errors and an unreachable fleet state among them. A block is tried again without
         counting as a retry (the next try waits out the pause), unless solving has
-        ``stopped`` since; account errors are never retried."""
+        ``stopped`` since; account errors are never retried, nor an error the caller will
+        ``give_up`` on (failover: another service is asked at once)."""
         retries = 0
         while True:
             try:
@@ -86,7 +91,8 @@ class Retrier:
                 raise
             except CaptchaApiError as exc:
                 count_error(self._stats, exc)
-                retries = await self._back_off(exc, retries, self.policy.allowed(exc))
+                allowed = 0 if give_up(exc) else self.policy.allowed(exc)
+                retries = await self._back_off(exc, retries, allowed)
 
     async def state_call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """A call to the fleet state, retried with backoff while the store is unreachable,
