@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from scrapy import Spider
@@ -54,10 +53,16 @@ def solver_settings(
         raise CommandError(
             f"No {service} API key: set the {kind.key_variable} environment variable."
         )
+    # Named as a crawl names it, so the reader is built as a crawl's: CapSolver alone by its
+    # own settings, another service as the one entry of CAPSOLVER_PROVIDERS.
+    named: dict[str, Any] = (
+        {"CAPSOLVER_API_KEY": key, "CAPSOLVER_API_URL": api_url}
+        if provider == "capsolver"
+        else {"CAPSOLVER_PROVIDERS": [{"name": provider, "api_key": key, "api_url": api_url}]}
+    )
     settings = Settings(
         {
-            "CAPSOLVER_API_KEY": key,
-            "CAPSOLVER_API_URL": api_url,
+            **named,
             "CAPSOLVER_TIMEOUT": timeout,
             "CAPSOLVER_MAX_RETRIES": retries,
             "CAPSOLVER_CONCURRENCY": 1,
@@ -92,21 +97,8 @@ async def balance_command(solver: CaptchaSolver, cloud: CloudReader) -> str:
     return f"{await cloud.balance():.4f}"
 
 
-@contextmanager
-def _provider_of_commands(provider: Provider) -> Iterator[None]:
-    # The crawl's cloud reader takes its provider from the crawl's settings
-    # (integration.readers.provider_for); a command names its own with --provider, and the
-    # reader is otherwise built exactly as a crawl's.
-    crawl_provider = readers.provider_for
-    readers.provider_for = lambda config: provider
-    try:
-        yield
-    finally:
-        readers.provider_for = crawl_provider
-
-
-def run(name: str, config: SolverSettings, command: Command, provider: str = "capsolver") -> int:
-    """Run ``command`` on a reactor through ``provider``; print its line, or
+def run(name: str, config: SolverSettings, command: Command) -> int:
+    """Run ``command`` on a reactor through the service ``config`` names; print its line, or
     ``name: message`` on stderr.
 
     Returns the exit status: 0, or 1 when the command failed.
@@ -118,8 +110,7 @@ def run(name: str, config: SolverSettings, command: Command, provider: str = "ca
         stats = MemoryStatsCollector(Crawler(Spider))
         # One call in one process: nothing to share with a fleet.
         state = MemoryState(state_limits(config))
-        with _provider_of_commands(command_provider(provider)):
-            cloud = readers.cloud_reader(config, stats, state, on_fatal=lambda reason: None)
+        cloud = readers.cloud_reader(config, stats, state, on_fatal=lambda reason: None)
         solver = CaptchaSolver(config, stats, [cloud], state)
         try:
             line = await command(solver, cloud)

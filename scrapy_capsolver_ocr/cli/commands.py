@@ -316,7 +316,7 @@ def _solve(args: argparse.Namespace) -> int:
     except (OSError, api_commands.CommandError) as exc:
         return _fail("solve", exc)
     command = api_commands.solve_command(image, source, args.module, args.score)
-    return api_commands.run("solve", config, command, args.provider)
+    return api_commands.run("solve", config, command)
 
 
 def _read_image(stream: BinaryIO, source: str, max_size: int) -> bytes:
@@ -335,7 +335,7 @@ def _balance(args: argparse.Namespace) -> int:
         config = _api_config(args)
     except api_commands.CommandError as exc:
         return _fail("balance", exc)
-    return api_commands.run("balance", config, api_commands.balance_command, args.provider)
+    return api_commands.run("balance", config, api_commands.balance_command)
 
 
 def _api_config(args: argparse.Namespace) -> SolverSettings:
