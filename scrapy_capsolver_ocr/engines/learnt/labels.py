@@ -125,42 +125,48 @@ class _Entry:
 
 
 class DiskLabelStore:
-    """Labels as files under ``directory``: ``<site key>/<time>-<id>.label``, and the site's
-    URL in ``<site key>/site``. Every file operation runs in one thread of its own, in
-    order, so the reactor never waits for the disk; the index of what is stored lives in
-    that thread too, built from the files at first use (labels outlive the crawl)."""
+    """:class:`LabelFiles` for a crawl: every file operation in one thread of its own, in
+    order, so the reactor never waits for the disk."""
 
     def __init__(self, directory: Path, max_bytes: int, reactor: Any) -> None:
-        self.directory = directory
+        self.files = LabelFiles(directory, max_bytes)
         self.max_bytes = max_bytes
         self._thread = WorkerThreads(1, reactor, name="capsolver-learn-labels")
+
+    def __repr__(self) -> str:
+        return f"DiskLabelStore({str(self.files.directory)!r}, max_bytes={self.max_bytes})"
+
+    async def add(self, label: StoredLabel) -> bool:
+        return await self._thread.run(self.files.add, label)
+
+    async def labels(self, site: str) -> list[StoredLabel]:
+        return await self._thread.run(self.files.labels, site)
+
+    async def newer(self, site: str, since: float) -> int:
+        return await self._thread.run(self.files.newer, site, since)
+
+    async def sites(self) -> list[SiteLabels]:
+        return await self._thread.run(self.files.sites)
+
+    async def close(self) -> None:
+        await self._thread.stop()
+
+
+class LabelFiles:
+    """Labels as files under ``directory``: ``<site key>/<time>-<id>.label``, and the site's
+    URL in ``<site key>/site``. The index of what is stored is built from the files at first
+    use (labels outlive the crawl). Blocking, and not thread-safe: one thread calls it."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
         self._order: deque[_Entry] = deque()
         self._by_site: dict[str, deque[_Entry]] = {}
         self._sites: dict[str, str] = {}
         self._bytes = 0
         self._indexed = False
 
-    def __repr__(self) -> str:
-        return f"DiskLabelStore({str(self.directory)!r}, max_bytes={self.max_bytes})"
-
-    async def add(self, label: StoredLabel) -> bool:
-        return await self._thread.run(self._add, label)
-
-    async def labels(self, site: str) -> list[StoredLabel]:
-        return await self._thread.run(self._labels, site)
-
-    async def newer(self, site: str, since: float) -> int:
-        return await self._thread.run(self._newer, site, since)
-
-    async def sites(self) -> list[SiteLabels]:
-        return await self._thread.run(self.sites_now)
-
-    async def close(self) -> None:
-        await self._thread.stop()
-
-    # In the store's thread (or, for the command line, anywhere: nothing else runs then)
-
-    def sites_now(self) -> list[SiteLabels]:
+    def sites(self) -> list[SiteLabels]:
         self._index()
         return [
             SiteLabels(
@@ -206,7 +212,7 @@ class DiskLabelStore:
             with contextlib.suppress(FileNotFoundError):
                 oldest.path.unlink()
 
-    def _add(self, label: StoredLabel) -> bool:
+    def add(self, label: StoredLabel) -> bool:
         self._index()
         data = label.encode()
         if len(data) > self.max_bytes:
@@ -235,7 +241,7 @@ class DiskLabelStore:
         self._evict()
         return True
 
-    def _labels(self, site: str) -> list[StoredLabel]:
+    def labels(self, site: str) -> list[StoredLabel]:
         self._index()
         labels = []
         for entry in list(self._by_site.get(site_key(site), ())):
@@ -245,7 +251,7 @@ class DiskLabelStore:
                 logger.debug("Skipped a stored label of %s: %s", site, exc)
         return labels
 
-    def _newer(self, site: str, since: float) -> int:
+    def newer(self, site: str, since: float) -> int:
         self._index()
         entries = self._by_site.get(site_key(site), deque())
         count = 0

@@ -111,22 +111,54 @@ class _FileLease:
 
 
 class DiskShelf:
-    """Models as files under ``directory``, one folder per site."""
+    """:class:`ModelFiles` for a crawl, every file operation in a thread of its own."""
 
     def __init__(self, directory: Path, reactor: Any) -> None:
-        self.directory = directory
+        self.files = ModelFiles(directory)
         self._thread = WorkerThreads(1, reactor, name="capsolver-learn-models")
 
     def __repr__(self) -> str:
-        return f"DiskShelf({str(self.directory)!r})"
+        return f"DiskShelf({str(self.files.directory)!r})"
+
+    async def published(self) -> dict[str, int]:
+        return await self._thread.run(self.files.published)
+
+    async def fetch(self, site: str, version: int) -> Path | None:
+        return await self._thread.run(self.files.fetch, site, version)
+
+    async def publish(self, site: str, model: Path, version: int) -> bool:
+        return await self._thread.run(self.files.publish, site, model, version)
+
+    async def attempted(self, site: str) -> float:
+        return await self._thread.run(self.files.attempted, site)
+
+    async def mark_attempted(self, site: str, until: float) -> None:
+        await self._thread.run(self.files.mark_attempted, site, until)
+
+    async def lease(self, site: str) -> Lease | None:
+        return await self._thread.run(self.files.lease, site)
+
+    async def close(self) -> None:
+        await self._thread.stop()
+
+
+class ModelFiles:
+    """Models as files under ``directory``, one folder per site: ``v<version>.model``, the
+    site's URL in ``site``, the last training's newest label in ``attempted``. Blocking."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
 
     def folder(self, site: str) -> Path:
         return self.directory / site_key(site)
 
-    async def published(self) -> dict[str, int]:
-        return await self._thread.run(self.published_now)
+    def _site_folder(self, site: str) -> Path:
+        folder = self.folder(site)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "site").write_text(site, "utf-8")
+        return folder
 
-    def published_now(self) -> dict[str, int]:
+    def published(self) -> dict[str, int]:
         found: dict[str, int] = {}
         if not self.directory.is_dir():
             return found
@@ -138,17 +170,12 @@ class DiskShelf:
                 found[(folder / "site").read_text("utf-8")] = versions[-1]
         return found
 
-    async def fetch(self, site: str, version: int) -> Path | None:
+    def fetch(self, site: str, version: int) -> Path | None:
         path = version_file(self.folder(site), version)
-        return path if await self._thread.run(path.is_file) else None
+        return path if path.is_file() else None
 
-    async def publish(self, site: str, model: Path, version: int) -> bool:
-        return await self._thread.run(self._publish, site, model, version)
-
-    def _publish(self, site: str, model: Path, version: int) -> bool:
-        folder = self.folder(site)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "site").write_text(site, "utf-8")
+    def publish(self, site: str, model: Path, version: int) -> bool:
+        folder = self._site_folder(site)
         versions = versions_in(folder)
         if versions and versions[-1] >= version:
             model.unlink(missing_ok=True)
@@ -158,31 +185,17 @@ class DiskShelf:
             version_file(folder, old).unlink(missing_ok=True)
         return True
 
-    async def attempted(self, site: str) -> float:
-        return await self._thread.run(self._attempted, site)
-
-    def _attempted(self, site: str) -> float:
+    def attempted(self, site: str) -> float:
         try:
             return float((self.folder(site) / "attempted").read_text("utf-8"))
         except (OSError, ValueError):
             return 0.0
 
-    async def mark_attempted(self, site: str, until: float) -> None:
-        await self._thread.run(self._mark_attempted, site, until)
+    def mark_attempted(self, site: str, until: float) -> None:
+        (self._site_folder(site) / "attempted").write_text(repr(until), "utf-8")
 
-    def _mark_attempted(self, site: str, until: float) -> None:
-        folder = self.folder(site)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "site").write_text(site, "utf-8")
-        (folder / "attempted").write_text(repr(until), "utf-8")
-
-    async def lease(self, site: str) -> Lease | None:
-        return await self._thread.run(self._lease, site)
-
-    def _lease(self, site: str) -> Lease | None:
-        folder = self.folder(site)
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = (folder / "lease").open("ab")
+    def lease(self, site: str) -> Lease | None:
+        handle = (self._site_folder(site) / "lease").open("ab")
         if fcntl is not None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -190,9 +203,6 @@ class DiskShelf:
                 handle.close()
                 return None
         return _FileLease(handle)
-
-    async def close(self) -> None:
-        await self._thread.stop()
 
 
 # In the fleet's Redis
