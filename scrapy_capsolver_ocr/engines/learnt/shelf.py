@@ -42,9 +42,8 @@ _VERSION = re.compile(r"^v(\d+)\.model$")
 #: Versions of a site's model kept on disk: the newest and the one before (a process may be
 #: loading it while a newer one is published).
 KEEP_VERSIONS = 2
-#: Seconds a fleet's training lease lives unless renewed, and between two renewals.
+#: Seconds a fleet's training lease lives unless renewed (three times a lifetime).
 LEASE_SECONDS = 60.0
-RENEW_EVERY = 20.0
 
 
 @dataclass(frozen=True)
@@ -248,7 +247,7 @@ class _RedisLease:
         self._owner = owner
         self._renewal = LoopingCall(lambda: deferred_from_coro(self._renew()))
         self._renewal.clock = shelf.reactor
-        self._renewal.start(RENEW_EVERY, now=False)
+        self._renewal.start(shelf.lease_seconds / 3, now=False)
 
     async def _renew(self) -> None:
         try:
@@ -268,8 +267,17 @@ class _RedisLease:
 class RedisShelf:
     """Models in the fleet's Redis; the files fetched from it go under ``cache``."""
 
-    def __init__(self, client: Any, keys: LearnKeys, cache: Path, reactor: Any) -> None:
+    def __init__(
+        self,
+        client: Any,
+        keys: LearnKeys,
+        cache: Path,
+        reactor: Any,
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
         self._client = client
+        self.lease_seconds = lease_seconds
         self._keys = keys
         self._cache = cache
         self.reactor = reactor
@@ -324,11 +332,11 @@ class RedisShelf:
     async def lease(self, site: str) -> Lease | None:
         key = self._keys.lease(site_key(site))
         owner = f"{self._owner}:{uuid.uuid4().hex[:8]}"
-        taken = await self._client.set(key, owner, nx=True, px=int(LEASE_SECONDS * 1000))
+        taken = await self._client.set(key, owner, nx=True, px=int(self.lease_seconds * 1000))
         return _RedisLease(self, key, owner) if taken else None
 
     async def renew(self, key: str, owner: str) -> bool:
-        return bool(await self._renew([key], [owner, int(LEASE_SECONDS * 1000)]))
+        return bool(await self._renew([key], [owner, int(self.lease_seconds * 1000)]))
 
     async def release(self, key: str, owner: str) -> None:
         await self._release([key], [owner])
