@@ -39,8 +39,10 @@ class LearningLoginSpider(PageLoginSpider):
         self.pause = pause
         self.started = sessions
         self.on_login = on_login
-        #: (login number, solver) of each logged-in session's accepted answer.
+        #: The solver of each logged-in session's accepted answer.
         self.answered_by: list[str] = []
+        #: What ``on_login`` noted.
+        self.noted: list[Any] = []
 
     @property
     def learnt_answers(self) -> int:
@@ -58,9 +60,10 @@ class LearningLoginSpider(PageLoginSpider):
             self.on_login(self)
         if self.learnt_answers >= self.learnt_target or self.started >= self.max_logins:
             return
+        self.started += 1
+        jar = self.started  # counted before the pause: another login may end meanwhile
         if self.learnt_reader().trainer.training is not None:
             from twisted.internet import reactor
 
             await maybe_deferred_to_future(deferLater(reactor, self.pause, lambda: None))
-        self.started += 1
-        yield self.login_page(self.started)
+        yield self.login_page(jar)

@@ -5,18 +5,41 @@ leaves the crawl going, and bad settings stop the crawl at start."""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+import redis
 from captcha_spiders import PageLoginSpider
-from conftest import API_KEY, CapSolverMock
+from conftest import API_KEY, DEMO_SITE, CapSolverMock
 from crawling import RecordingSpider, crawl, solver_settings, stat
+from learning_spiders import LearningLoginSpider
+from scrapy.crawler import CrawlerRunner
+from scrapy.statscollectors import StatsCollector
+from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.test import get_crawler
+from servers.process import running_server
+from twisted.internet.threads import deferToThread
 
 from scrapy_capsolver_ocr import CaptchaSolverMiddleware
-from scrapy_capsolver_ocr.engines.learnt.labels import CLOUD, LabelFiles
+from scrapy_capsolver_ocr.cli.learn_status import learn_status
+from scrapy_capsolver_ocr.engines.learnt.labels import (
+    CLOUD,
+    DiskLabelStore,
+    LabelFiles,
+    LearnKeys,
+    site_key,
+)
+from scrapy_capsolver_ocr.engines.learnt.reader import LearntReader
+from scrapy_capsolver_ocr.engines.learnt.shelf import DiskShelf, ModelFiles
 from scrapy_capsolver_ocr.settings import SolverSettings
 
 
@@ -141,3 +164,201 @@ async def test_a_learn_dir_that_cannot_be_written_stops_learning_not_the_crawl(
     stops = [r for r in caplog.records if "Learning stops for this crawl" in r.getMessage()]
     assert len(stops) == 1
     assert stat(crawler, "finish_reason") == "finished"
+
+
+# A model trained during the crawl, in a child process
+
+
+@pytest.fixture(scope="module")
+def digits_site() -> Iterator[str]:
+    """The demo site drawing 4 digits: a style a small model learns from a hundred labels."""
+    argv = [DEMO_SITE, "--port", "0", "--embed-answers", "--style", "digits"]
+    with running_server(argv) as url:
+        yield url
+
+
+def status_lines(learn_dir: Path, capsys: Any, **options: Any) -> tuple[int, str, str]:
+    settings = {"learn_dir": str(learn_dir), "redis_url": None, "fleet": None, **options}
+    code = learn_status(argparse.Namespace(redis_cluster=False, **settings))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_model_trained_during_the_crawl_answers_its_captchas_locally(
+    capsolver: CapSolverMock, digits_site: str, tmp_path: Path, capsys: Any
+) -> None:
+    from twisted.internet import reactor
+
+    # Another process on the same learn directory, started before any model existed.
+    other_stats = StatsCollector(get_crawler())
+    other = LearntReader(
+        DiskLabelStore(tmp_path / "labels", 100_000_000, reactor),
+        DiskShelf(tmp_path / "models", reactor),
+        other_stats,
+        reactor,
+        min_labels=10_000,
+        workdir=tmp_path / "training",
+    )
+    try:
+        await deferred_from_coro(other.reload())
+        assert other.models == {}
+
+        crawler = await crawl(
+            LearningLoginSpider,
+            learn_settings(capsolver, tmp_path, CAPSOLVER_LEARN_MIN_LABELS=100),
+            site=digits_site,
+            sessions=2,
+            max_logins=600,
+            learnt=12,
+            pause=2.0,
+        )
+        spider = crawler.spider
+        assert isinstance(spider, LearningLoginSpider)
+        assert spider.errors == {}
+        assert stat(crawler, "finish_reason") == "finished"
+        assert stat(crawler, "capsolver/learn/models_trained") >= 1
+        assert stat(crawler, "capsolver/learn/trainings_failed") == 0
+        # Floors far below what it reaches (about 90 % of learnt answers accepted).
+        learnt = stat(crawler, "capsolver/learn/local_answers")
+        assert learnt >= 12
+        assert stat(crawler, "capsolver/learn/refused") <= learnt // 2
+        assert spider.answered_by.count("learnt") >= 5
+        labels = LabelFiles(tmp_path / "labels", 100_000_000).labels(digits_site)
+        assert len(labels) >= 100
+        assert {label.source for label in labels} == {"cloud", "local"}
+        assert stat(crawler, "capsolver/learn/labels_stored") == len(labels)
+
+        # The other process loads the model without a restart, then a newer version of it.
+        await deferred_from_coro(other.reload())
+        assert other.models[digits_site].version == 1
+        shelf = ModelFiles(tmp_path / "models")
+        first = shelf.fetch(digits_site, 1)
+        assert first is not None
+        newer = tmp_path / "newer.model"
+        shutil.copyfile(first, newer)
+        assert shelf.publish(digits_site, newer, 2)
+        await deferred_from_coro(other.reload())
+        assert other.models[digits_site].version == 2
+
+        # A corrupt version is refused; the one read with stays.
+        broken = tmp_path / "broken.model"
+        broken.write_bytes(b"not a model")
+        assert shelf.publish(digits_site, broken, 3)
+        await deferred_from_coro(other.reload())
+        assert other.models[digits_site].version == 2
+        assert other_stats.get_value("capsolver/learn/bad_models") == 1
+    finally:
+        await other.close()
+
+    code, out, _ = status_lines(tmp_path, capsys)
+    assert code == 0
+    assert digits_site in out
+    assert f"labels stored:     {len(labels)} " in out
+    assert "model:             v3, refused:" in out
+
+
+def test_learn_status_without_a_learn_directory(tmp_path: Path, capsys: Any) -> None:
+    code, out, err = status_lines(tmp_path / "missing", capsys)
+    assert (code, out) == (1, "")
+    assert "no learn directory at" in err
+
+
+def killing_the_training(spider: LearningLoginSpider) -> None:
+    training = spider.learnt_reader().trainer.training
+    if training is not None and training.pid is not None and not spider.noted:
+        spider.noted.append(training.pid)
+        os.kill(training.pid, signal.SIGKILL)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_training_is_counted_and_the_crawl_goes_on(
+    capsolver: CapSolverMock, digits_site: str, tmp_path: Path, caplog: Any
+) -> None:
+    spider_kwargs = {"sessions": 2, "max_logins": 30, "learnt": 1000, "pause": 0.2}
+    crawler = CrawlerRunner(
+        learn_settings(capsolver, tmp_path, CAPSOLVER_LEARN_MIN_LABELS=20)
+    ).create_crawler(LearningLoginSpider)
+    await crawler.crawl(site=digits_site, on_login=killing_the_training, **spider_kwargs)
+    spider = crawler.spider
+    assert isinstance(spider, LearningLoginSpider)
+    assert len(spider.noted) == 1
+    assert spider.errors == {}
+    assert len(spider.landed) == 30
+    assert stat(crawler, "finish_reason") == "finished"
+    assert stat(crawler, "capsolver/learn/trainings_failed") == 1
+    assert stat(crawler, "capsolver/learn/models_trained") == 0
+    failed = [r for r in caplog.records if "failed: the training process" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].levelname == "ERROR"
+    assert f"{spider.noted[0]} exited (code -9)" in failed[0].getMessage()
+    assert not list((tmp_path / "training").glob("*"))
+
+
+def stopping_at_the_training(spider: LearningLoginSpider) -> None:
+    training = spider.learnt_reader().trainer.training
+    if training is not None:
+        spider.max_logins = spider.started  # no new login: the crawl ends while it trains
+        spider.noted.append(training)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_training_still_running_at_the_end_of_the_crawl_is_stopped(
+    capsolver: CapSolverMock, digits_site: str, tmp_path: Path, caplog: Any
+) -> None:
+    caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr")
+    crawler = await crawl(
+        LearningLoginSpider,
+        learn_settings(capsolver, tmp_path, CAPSOLVER_LEARN_MIN_LABELS=20),
+        site=digits_site,
+        sessions=2,
+        max_logins=200,
+        learnt=1000,
+        on_login=stopping_at_the_training,
+    )
+    spider = crawler.spider
+    assert isinstance(spider, LearningLoginSpider)
+    assert spider.errors == {}
+    assert spider.noted
+    process = spider.noted[0].process
+    assert process is not None and process.poll() is not None  # ended, and collected
+    assert stat(crawler, "finish_reason") == "finished"
+    assert stat(crawler, "capsolver/learn/trainings_failed") == 0
+    assert stat(crawler, "capsolver/learn/models_trained") == 0
+    assert any("Stopped the training" in r.getMessage() for r in caplog.records)
+    assert ModelFiles(tmp_path / "models").published() == {}
+
+
+# A fleet
+
+
+@pytest.mark.asyncio_reactor
+@pytest_twisted.ensureDeferred
+async def test_a_fleet_keeps_its_labels_in_redis(
+    capsolver: CapSolverMock, demo_site: str, tmp_path: Path, redis_url: str, capsys: Any
+) -> None:
+    fleet = f"test-{uuid.uuid4().hex[:8]}"
+    settings = learn_settings(
+        capsolver, tmp_path, CAPSOLVER_REDIS_URL=redis_url, CAPSOLVER_FLEET=fleet
+    )
+    jars = tuple(range(3))
+    crawler = await crawl(PageLoginSpider, settings, site=demo_site, jars=jars)
+    spider = crawler.spider
+    assert isinstance(spider, PageLoginSpider)
+    assert set(spider.landed) == set(jars)
+    assert stat(crawler, "capsolver/learn/labels_stored") == 3
+    assert not (tmp_path / "labels").exists()  # on the fleet's Redis, not on this disk
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = LearnKeys(f"capsolver:fleet:{fleet}:")
+        assert client.hlen(keys.bodies) == 3
+        assert client.hget(keys.sites, site_key(demo_site)) == demo_site.encode()
+    finally:
+        client.close()
+    # `learn status` runs its own asyncio loop: in a thread, beside the crawl's.
+    code, out, err = await deferToThread(
+        status_lines, tmp_path, capsys, redis_url=redis_url, fleet=fleet
+    )
+    assert code == 0, err
+    assert f"Fleet {fleet}" in out and demo_site in out
+    assert "labels stored:     3 " in out
+    assert "model:             none yet" in out

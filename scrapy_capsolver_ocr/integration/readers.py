@@ -102,8 +102,11 @@ def learnt_reader(
 ) -> ImageReader:
     """The reader of each site's learnt model (``CAPSOLVER_LEARN_*``): labels and models on
     disk under the learn directory, or in the fleet's Redis when the crawl has one."""
+    from ..engines.learnt import require_learn
     from ..engines.learnt.reader import LearntReader
     from ..engines.learnt.shelf import DiskShelf
+
+    require_learn("CAPSOLVER_LEARN = True", ("numpy", "onnxruntime", "autograd", "onnx"))
 
     reactor = installed_reactor()
     directory = Path(config.learn_dir or data_path("capsolver-learn", createdir=True))

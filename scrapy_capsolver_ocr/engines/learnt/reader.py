@@ -132,7 +132,7 @@ class LearntReader:
             await self.reload()
         site = site_of(captcha.website_url, captcha.source)
         entry = self.models.get(site)
-        if entry is None or entry.aside or entry.model.threshold is None:
+        if entry is None or entry.aside:
             return None
         try:
             reading = await self._threads.run(entry.model.read, captcha.body)

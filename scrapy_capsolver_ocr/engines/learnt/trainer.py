@@ -111,6 +111,8 @@ class TrainingProcess:
                 f"the training process {process.pid} exited (code {code}) before it answered"
             ) from None
         finally:
+            with contextlib.suppress(OSError):  # a broken pipe: the process is gone
+                process.stdin.close()
             process.stdout.close()
         process.wait()
         if outcome == "error":
@@ -259,7 +261,9 @@ def _run_in_workdir(workdir: Path, training: TrainingProcess) -> TrainingOutcome
         return training.run()
     except TrainingFailed:
         # Whatever a stopped or crashed training left half written.
-        Path(training.job.output).unlink(missing_ok=True)
+        output = Path(training.job.output)
+        output.unlink(missing_ok=True)
+        output.with_name(f"{output.name}.partial").unlink(missing_ok=True)
         raise
 
 
