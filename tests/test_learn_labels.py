@@ -5,6 +5,8 @@ the oldest evicted first, and the lease that lets one process of a fleet train a
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,18 +195,36 @@ async def test_one_process_at_a_time_trains_a_site_from_a_disk_shelf(tmp_path: P
 # In the fleet's Redis
 
 
-def fleet_keys(target: RedisTarget) -> LearnKeys:
-    return LearnKeys(f"{target.key_prefix}fleet:test-{uuid.uuid4().hex[:8]}:")
+@asynccontextmanager
+async def two_processes(
+    redis_url: str, tmp_path: Path, **options: Any
+) -> AsyncIterator[tuple[LearnKeys, list[Any], list[RedisShelf]]]:
+    """The keys of a new fleet, and two processes of it: a client and a shelf each."""
+    from twisted.internet import reactor
+
+    target = RedisTarget(redis_url)
+    keys = LearnKeys(f"{target.key_prefix}fleet:test-{uuid.uuid4().hex[:8]}:")
+    clients = [target.client(), target.client()]
+    shelves = [
+        RedisShelf(client, keys, tmp_path / f"process{number}", reactor, **options)
+        for number, client in enumerate(clients)
+    ]
+    try:
+        yield keys, clients, shelves
+    finally:
+        for shelf in shelves:
+            await shelf.close()
+        for client in clients:
+            await close_client(client)
 
 
 @pytest.mark.asyncio_reactor
 @on_reactor
-async def test_every_process_of_a_fleet_adds_to_one_bounded_label_store(redis_url: str) -> None:
-    target = RedisTarget(redis_url)
-    keys = fleet_keys(target)
+async def test_every_process_of_a_fleet_adds_to_one_bounded_label_store(
+    redis_url: str, tmp_path: Path
+) -> None:
     size = len(label(0).encode())
-    clients = [target.client(), target.client()]
-    try:
+    async with two_processes(redis_url, tmp_path) as (keys, clients, _):
         one, other = (RedisLabelStore(client, keys, size * 5) for client in clients)
         for number in range(8):
             store = one if number % 2 else other
@@ -222,9 +242,6 @@ async def test_every_process_of_a_fleet_adds_to_one_bounded_label_store(redis_ur
         assert await other.newer(SITE_A, stored[0].when) == 2
         assert await other.newer(SITE_A, 0.0) == 3
         assert not await one.add(label(9, size=size * 6))
-    finally:
-        for client in clients:
-            await close_client(client)
 
 
 @pytest.mark.asyncio_reactor
@@ -252,14 +269,7 @@ async def test_the_fleet_keys_share_the_fleets_prefix_and_hash_tag(redis_url: st
 async def test_a_model_published_in_redis_reaches_every_process(
     redis_url: str, tmp_path: Path
 ) -> None:
-    from twisted.internet import reactor
-
-    target = RedisTarget(redis_url)
-    keys = fleet_keys(target)
-    clients = [target.client(), target.client()]
-    trainer = RedisShelf(clients[0], keys, tmp_path / "one", reactor)
-    reader = RedisShelf(clients[1], keys, tmp_path / "other", reactor)
-    try:
+    async with two_processes(redis_url, tmp_path) as (_, _, (trainer, reader)):
         assert await reader.published() == {}
         for version in (1, 2):
             model = tmp_path / f"trained{version}"
@@ -272,17 +282,12 @@ async def test_a_model_published_in_redis_reaches_every_process(
         assert await reader.published() == {SITE_A: 2}
         fetched = await reader.fetch(SITE_A, 2)
         assert fetched is not None and fetched.read_bytes() == b"model 2"
-        assert fetched.is_relative_to(tmp_path / "other")
+        assert fetched.is_relative_to(tmp_path / "process1")
         assert await reader.fetch(SITE_A, 1) is None  # replaced by version 2
 
         await trainer.mark_attempted(SITE_A, 1_700_000_000.5)
         assert await reader.attempted(SITE_A) == 1_700_000_000.5
         assert await reader.attempted(SITE_B) == 0.0
-    finally:
-        await trainer.close()
-        await reader.close()
-        for client in clients:
-            await close_client(client)
 
 
 @pytest.mark.asyncio_reactor
@@ -290,16 +295,9 @@ async def test_a_model_published_in_redis_reaches_every_process(
 async def test_one_process_of_a_fleet_trains_a_site_under_a_renewed_lease(
     redis_url: str, tmp_path: Path
 ) -> None:
-    from twisted.internet import reactor
-
-    target = RedisTarget(redis_url)
-    keys = fleet_keys(target)
-    clients = [target.client(), target.client()]
     # A short lease, renewed three times a lifetime: held for longer than it lives.
-    one, other = (
-        RedisShelf(client, keys, tmp_path, reactor, lease_seconds=1.0) for client in clients
-    )
-    try:
+    async with two_processes(redis_url, tmp_path, lease_seconds=1.0) as (keys, clients, shelves):
+        one, other = shelves
         lease = await one.lease(SITE_A)
         assert lease is not None
         assert await other.lease(SITE_A) is None
@@ -313,23 +311,12 @@ async def test_one_process_of_a_fleet_trains_a_site_under_a_renewed_lease(
         await taken.release()
         await site_b.release()
         assert not await clients[0].exists(keys.lease(site_key(SITE_A)))
-    finally:
-        await one.close()
-        await other.close()
-        for client in clients:
-            await close_client(client)
 
 
 @pytest.mark.asyncio_reactor
 @on_reactor
 async def test_the_lease_of_a_process_that_died_expires(redis_url: str, tmp_path: Path) -> None:
-    from twisted.internet import reactor
-
-    target = RedisTarget(redis_url)
-    keys = fleet_keys(target)
-    client = target.client()
-    shelf = RedisShelf(client, keys, tmp_path, reactor, lease_seconds=0.5)
-    try:
+    async with two_processes(redis_url, tmp_path, lease_seconds=0.5) as (keys, _, (shelf, _)):
         # What a process killed while training leaves: the key, and nobody renewing it.
         raw = redis.Redis.from_url(redis_url)
         raw.set(keys.lease(site_key(SITE_A)), "gone", px=500)
@@ -339,6 +326,3 @@ async def test_the_lease_of_a_process_that_died_expires(redis_url: str, tmp_path
         lease: Any = await shelf.lease(SITE_A)
         assert lease is not None
         await lease.release()
-    finally:
-        await shelf.close()
-        await close_client(client)

@@ -24,13 +24,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scrapy.statscollectors import StatsCollector
 
 from ..local.workers import NICENESS, WorkerThreads, _receive, _send
 from .labels import LabelStore, StoredLabel
 from .shelf import ModelShelf
+
+if TYPE_CHECKING:
+    from .training import TrainingReport
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +63,6 @@ class TrainingJob:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class TrainingOutcome:
-    """What a training ended with (:class:`~.training.TrainingReport`'s fields)."""
-
-    promoted: bool
-    version: int
-    labels: int
-    heldout_accuracy: float
-    threshold: float | None
-    coverage: float
-    precision: float
-    seconds: float
-    reason: str
-
-
 class TrainingProcess:
     """One training in a child process. :meth:`run` blocks until it ends: call it in a
     worker thread. :meth:`stop` (any thread) ends it early."""
@@ -92,7 +80,7 @@ class TrainingProcess:
     def stopped(self) -> bool:
         return self._stopped
 
-    def run(self) -> TrainingOutcome:
+    def run(self) -> TrainingReport:
         env = {**os.environ, **THREAD_LIMITS}
         argv = [sys.executable, "-m", __name__]
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -117,7 +105,9 @@ class TrainingProcess:
         process.wait()
         if outcome == "error":
             raise TrainingFailed(f"the training process failed: {value}")
-        return TrainingOutcome(**value)
+        # Unpickled here, in the worker thread: the report's module is imported off the reactor.
+        report: TrainingReport = value
+        return report
 
     def stop(self) -> None:
         self._stopped = True
@@ -255,7 +245,7 @@ class CrawlTrainer:
         await self._thread.stop()
 
 
-def _run_in_workdir(workdir: Path, training: TrainingProcess) -> TrainingOutcome:
+def _run_in_workdir(workdir: Path, training: TrainingProcess) -> TrainingReport:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         return training.run()
@@ -286,10 +276,7 @@ def _serve() -> None:
             previous=Path(job.previous) if job.previous is not None else None,
             seed=job.seed,
         )
-        answer: tuple[str, Any] = (
-            "ok",
-            {name: getattr(report, name) for name in TrainingOutcome.__dataclass_fields__},
-        )
+        answer: tuple[str, Any] = ("ok", report)
     except Exception as exc:  # the crawl logs it; the process ends either way
         answer = ("error", f"{type(exc).__name__}: {exc}")
     _send(stdout, answer)
