@@ -400,14 +400,15 @@ class RedisLabelStore:
         names = await self._client.hgetall(self._keys.sites)
         found = []
         for key, site in sorted(names.items()):
-            members = await self._client.zrange(self._keys.site(_text(key)), 0, -1, withscores=True)
+            site_labels = self._keys.site(decoded(key))
+            members = await self._client.zrange(site_labels, 0, -1, withscores=True)
             if not members:
                 continue
             size = 0
             for start in range(0, len(members), FETCH_CHUNK):
                 chunk = [member for member, _ in members[start : start + FETCH_CHUNK]]
                 size += sum(await _field_lengths(self._client, self._keys.bodies, chunk))
-            found.append(SiteLabels(_text(site), len(members), size, members[-1][1] / 1e6))
+            found.append(SiteLabels(decoded(site), len(members), size, members[-1][1] / 1e6))
         return found
 
     async def close(self) -> None:
@@ -421,7 +422,8 @@ async def _field_lengths(client: Any, key: str, fields: Iterable[Any]) -> list[i
     return [int(n) for n in await pipe.execute()]
 
 
-def _text(value: bytes | str) -> str:
+def decoded(value: bytes | str) -> str:
+    """A Redis reply as text."""
     return value.decode() if isinstance(value, bytes) else value
 
 

@@ -28,7 +28,7 @@ from twisted.internet.task import LoopingCall
 
 from ...state.redis_scripts import Script
 from ..local.workers import WorkerThreads
-from .labels import LearnKeys, site_key
+from .labels import LearnKeys, decoded, site_key
 
 try:
     import fcntl
@@ -296,7 +296,7 @@ class RedisShelf:
             return {}
         sites = await self._client.hgetall(self._keys.sites)
         return {
-            _text(sites[key]): int(version) for key, version in versions.items() if key in sites
+            decoded(sites[key]): int(version) for key, version in versions.items() if key in sites
         }
 
     async def fetch(self, site: str, version: int) -> Path | None:
@@ -352,7 +352,3 @@ def _write_file(path: Path, data: bytes) -> None:
     os.replace(partial, path)
     for version in versions_in(path.parent)[:-KEEP_VERSIONS]:
         version_file(path.parent, version).unlink(missing_ok=True)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
