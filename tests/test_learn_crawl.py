@@ -6,6 +6,7 @@ leaves the crawl going, and bad settings stop the crawl at start."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import shutil
@@ -29,8 +30,9 @@ from scrapy.utils.test import get_crawler
 from servers.process import running_server
 from twisted.internet.threads import deferToThread
 
-from scrapy_capsolver_ocr import CaptchaSolverMiddleware
+from scrapy_capsolver_ocr import CaptchaSolution, CaptchaSolverMiddleware
 from scrapy_capsolver_ocr.cli.learn_status import learn_status
+from scrapy_capsolver_ocr.engines.base import CaptchaImage
 from scrapy_capsolver_ocr.engines.learnt.labels import (
     CLOUD,
     DiskLabelStore,
@@ -177,6 +179,27 @@ def digits_site() -> Iterator[str]:
         yield url
 
 
+def publish_copy(shelf: ModelFiles, site: str, model: Path, version: int) -> None:
+    copy = model.with_name(f"copy-{version}")
+    shutil.copyfile(model, copy)
+    assert shelf.publish(site, copy, version)
+
+
+async def answered_image(reader: LearntReader, labels: list[Any], site: str) -> CaptchaImage:
+    """A captcha of ``site`` among ``labels`` that ``reader``'s model answers."""
+    for label in labels:
+        image = CaptchaImage(
+            body=label.image,
+            sha256=hashlib.sha256(label.image).hexdigest(),
+            source=f"{site}/captcha.png",
+            website_url=site,
+            local=True,
+        )
+        if await deferred_from_coro(reader.read(image)) is not None:
+            return image
+    raise AssertionError("the model answers none of its own labels")
+
+
 def status_lines(learn_dir: Path, capsys: Any, **options: Any) -> tuple[int, str, str]:
     settings = {"learn_dir": str(learn_dir), "redis_url": None, "fleet": None, **options}
     code = learn_status(argparse.Namespace(redis_cluster=False, **settings))
@@ -231,23 +254,40 @@ async def test_a_model_trained_during_the_crawl_answers_its_captchas_locally(
 
         # The other process loads the model without a restart, then a newer version of it.
         await deferred_from_coro(other.reload())
-        assert other.models[digits_site].version == 1
+        trained = other.models[digits_site].version
+        assert trained == stat(crawler, "capsolver/learn/models_trained")
         shelf = ModelFiles(tmp_path / "models")
-        first = shelf.fetch(digits_site, 1)
+        first = shelf.fetch(digits_site, trained)
         assert first is not None
-        newer = tmp_path / "newer.model"
-        shutil.copyfile(first, newer)
-        assert shelf.publish(digits_site, newer, 2)
+        publish_copy(shelf, digits_site, first, trained + 1)
         await deferred_from_coro(other.reload())
-        assert other.models[digits_site].version == 2
+        assert other.models[digits_site].version == trained + 1
 
-        # A corrupt version is refused; the one read with stays.
+        # Its answers refused too often, it steps aside: the next reader reads.
+        image = await answered_image(other, labels, digits_site)
+        for number in range(4):
+            solution = CaptchaSolution("0000", "", f"refused{number}", solver="learnt")
+            other.answered(image, solution)
+            await deferred_from_coro(other.rejected(solution))
+        assert other.models[digits_site].aside
+        assert other_stats.get_value("capsolver/learn/refused") == 4
+        assert other_stats.get_value("capsolver/learn/models_set_aside") == 1
+        assert await deferred_from_coro(other.read(image)) is None
+
+        # A corrupt version is refused; the one read with stays, aside.
         broken = tmp_path / "broken.model"
         broken.write_bytes(b"not a model")
-        assert shelf.publish(digits_site, broken, 3)
+        assert shelf.publish(digits_site, broken, trained + 2)
         await deferred_from_coro(other.reload())
-        assert other.models[digits_site].version == 2
+        assert other.models[digits_site].version == trained + 1
         assert other_stats.get_value("capsolver/learn/bad_models") == 1
+        assert await deferred_from_coro(other.read(image)) is None
+
+        # A newer model takes its place and reads again.
+        publish_copy(shelf, digits_site, first, trained + 3)
+        await deferred_from_coro(other.reload())
+        assert not other.models[digits_site].aside
+        assert await deferred_from_coro(other.read(image)) is not None
     finally:
         await other.close()
 
@@ -255,7 +295,8 @@ async def test_a_model_trained_during_the_crawl_answers_its_captchas_locally(
     assert code == 0
     assert digits_site in out
     assert f"labels stored:     {len(labels)} " in out
-    assert "model:             v3, refused:" in out
+    assert f"model:             v{trained + 3}" in out
+    assert "held-out accuracy: " in out and "coverage: " in out
 
 
 def test_learn_status_without_a_learn_directory(tmp_path: Path, capsys: Any) -> None:
