@@ -46,8 +46,9 @@ FETCH_CHUNK = 200
 class StoredLabel:
     """One accepted answer and its image."""
 
-    image: bytes
-    text: str
+    #: Left out of the repr: labels are pictures of the user's target sites, never logged.
+    image: bytes = dataclasses.field(repr=False)
+    text: str = dataclasses.field(repr=False)
     site: str
     #: Seconds since the epoch when it was stored.
     when: float

@@ -101,11 +101,9 @@ class LearntReader:
             shelf,
             stats,
             reactor,
-            current=self._current_file,
             on_model=self._published,
         )
         self.models: dict[str, _SiteModel] = {}
-        self._files: dict[str, Path] = {}
         #: Versions that failed to load: not tried again.
         self._bad: set[tuple[str, int]] = set()
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -240,9 +238,6 @@ class LearntReader:
 
     # Models
 
-    def _current_file(self, site: str) -> Path | None:
-        return self._files.get(site)
-
     async def _published(self, site: str, version: int) -> None:
         await self.reload()
 
@@ -279,7 +274,6 @@ class LearntReader:
             logger.error("The learnt model v%d of %s is refused: %s", version, site, exc)
             return
         self.models[site] = _SiteModel(model, version, deque(maxlen=REFUSAL_WINDOW))
-        self._files[site] = path
         logger.info(
             "Reading %s with the learnt model v%d (threshold %s)", site, version, model.threshold
         )

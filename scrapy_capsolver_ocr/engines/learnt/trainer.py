@@ -136,14 +136,12 @@ class CrawlTrainer:
         shelf: ModelShelf,
         stats: StatsCollector,
         reactor: Any,
-        current: Callable[[str], Path | None],
         on_model: Callable[[str, int], Any],
     ) -> None:
         self._options = options
         self._labels = labels
         self._shelf = shelf
         self._stats = stats
-        self._current = current
         self._on_model = on_model
         self._thread = WorkerThreads(1, reactor, name="capsolver-learn-training")
         self._checking = False
@@ -193,7 +191,9 @@ class CrawlTrainer:
     async def _train(self, site: str, labels: Sequence[StoredLabel]) -> None:
         newest = max(label.when for label in labels)
         output = self._options.workdir / f"training-{os.getpid()}-{uuid.uuid4().hex[:8]}.model"
-        previous = self._current(site)
+        # The newest published model is the one to beat (and gives the next version).
+        version = (await self._shelf.published()).get(site)
+        previous = await self._shelf.fetch(site, version) if version is not None else None
         job = TrainingJob(
             site=site,
             labels=[(label.image, label.text) for label in labels],
