@@ -26,7 +26,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import API_KEY  # noqa: E402
-from crawling import solver_settings  # noqa: E402
 from learning_spiders import LearningLoginSpider  # noqa: E402
 from scrapy import signals  # noqa: E402
 from scrapy.crawler import CrawlerProcess  # noqa: E402
@@ -78,14 +77,17 @@ def main() -> None:
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="learn-stall-") as learn_dir:
-            settings = solver_settings(
-                None,
-                CAPSOLVER_API_URL=mock_url,
-                CAPSOLVER_LEARN=True,
-                CAPSOLVER_LEARN_DIR=learn_dir,
-                CAPSOLVER_LEARN_MIN_LABELS=args.min_labels,
-                LOG_LEVEL="INFO",
-            )
+            settings = {
+                "ADDONS": {"scrapy_capsolver_ocr.Addon": 500},
+                "CAPSOLVER_API_KEY": API_KEY,
+                "CAPSOLVER_API_URL": mock_url,
+                "CAPSOLVER_LEARN": True,
+                "CAPSOLVER_LEARN_DIR": learn_dir,
+                "CAPSOLVER_LEARN_MIN_LABELS": args.min_labels,
+                "LOG_LEVEL": "INFO",
+                "TELNETCONSOLE_ENABLED": False,
+                "RETRY_ENABLED": False,
+            }
             process = CrawlerProcess(settings)
             crawler = process.create_crawler(LearningLoginSpider)
             crawler.signals.connect(meter.start, signal=signals.spider_opened)

@@ -20,7 +20,7 @@ import pytest
 import pytest_twisted
 import redis
 from captcha_spiders import PageLoginSpider
-from conftest import API_KEY, DEMO_SITE, CapSolverMock
+from conftest import API_KEY, DEMO_SITE, CapSolverMock, closed_port_url
 from crawling import RecordingSpider, crawl, solver_settings, stat
 from learning_spiders import LearningLoginSpider
 from scrapy.crawler import CrawlerRunner
@@ -31,18 +31,21 @@ from servers.process import running_server
 from twisted.internet.threads import deferToThread
 
 from scrapy_capsolver_ocr import CaptchaSolution, CaptchaSolverMiddleware
-from scrapy_capsolver_ocr.cli.learn_status import learn_status
+from scrapy_capsolver_ocr.cli.learn_status import add_arguments
 from scrapy_capsolver_ocr.engines.base import CaptchaImage
 from scrapy_capsolver_ocr.engines.learnt.labels import (
     CLOUD,
     DiskLabelStore,
     LabelFiles,
     LearnKeys,
+    RedisLabelStore,
     site_key,
 )
 from scrapy_capsolver_ocr.engines.learnt.reader import LearntReader
-from scrapy_capsolver_ocr.engines.learnt.shelf import DiskShelf, ModelFiles
+from scrapy_capsolver_ocr.engines.learnt.shelf import DiskShelf, ModelFiles, RedisShelf
+from scrapy_capsolver_ocr.engines.learnt.trainer import TrainingFailed, TrainingJob, TrainingProcess
 from scrapy_capsolver_ocr.settings import SolverSettings
+from scrapy_capsolver_ocr.state.redis_connection import RedisTarget, close_client
 
 
 def learn_settings(capsolver: CapSolverMock, learn_dir: Path, **overrides: Any) -> dict[str, Any]:
@@ -200,9 +203,12 @@ async def answered_image(reader: LearntReader, labels: list[Any], site: str) -> 
     raise AssertionError("the model answers none of its own labels")
 
 
-def status_lines(learn_dir: Path, capsys: Any, **options: Any) -> tuple[int, str, str]:
-    settings = {"learn_dir": str(learn_dir), "redis_url": None, "fleet": None, **options}
-    code = learn_status(argparse.Namespace(redis_cluster=False, **settings))
+def status_lines(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    """``learn status ARGV``, parsed as the command line parses it."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    code = args.run(args)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -293,7 +299,7 @@ async def test_a_model_trained_during_the_crawl_answers_its_captchas_locally(
     finally:
         await other.close()
 
-    code, out, _ = status_lines(tmp_path, capsys)
+    code, out, _ = status_lines(capsys, "--learn-dir", str(tmp_path))
     assert code == 0
     assert digits_site in out
     assert f"labels stored:     {len(labels)} " in out
@@ -302,7 +308,7 @@ async def test_a_model_trained_during_the_crawl_answers_its_captchas_locally(
 
 
 def test_learn_status_without_a_learn_directory(tmp_path: Path, capsys: Any) -> None:
-    code, out, err = status_lines(tmp_path / "missing", capsys)
+    code, out, err = status_lines(capsys, "--learn-dir", str(tmp_path / "missing"))
     assert (code, out) == (1, "")
     assert "no learn directory at" in err
 
@@ -399,9 +405,74 @@ async def test_a_fleet_keeps_its_labels_in_redis(
         client.close()
     # `learn status` runs its own asyncio loop: in a thread, beside the crawl's.
     code, out, err = await deferToThread(
-        status_lines, tmp_path, capsys, redis_url=redis_url, fleet=fleet
+        status_lines, capsys, "--redis-url", redis_url, "--fleet", fleet
     )
     assert code == 0, err
     assert f"Fleet {fleet}" in out and demo_site in out
     assert "labels stored:     3 " in out
     assert "model:             none yet" in out
+
+
+@pytest_twisted.ensureDeferred
+async def test_learn_status_names_a_redis_it_cannot_reach(capsys: Any) -> None:
+    # In a thread: the command runs an asyncio loop of its own.
+    code, out, err = await deferToThread(
+        status_lines, capsys, "--redis-url", "redis://:secret@127.0.0.1:1/0", "--fleet", "f"
+    )
+    assert (code, out) == (1, "")
+    assert err.startswith("learn status: Redis at redis://:***@127.0.0.1:1/0")
+    assert "secret" not in err
+
+
+# What fails around the crawl
+
+
+def test_a_training_that_fails_reports_why() -> None:
+    job = TrainingJob(
+        site="http://127.0.0.1:1",
+        labels=[(b"png", "12")] * 3,
+        output="/nonexistent/m",
+        previous=None,
+    )
+    training = TrainingProcess(job)
+    with pytest.raises(TrainingFailed, match="the training process failed: ValueError: "):
+        training.run()
+    assert training.process is not None and training.process.returncode == 0
+
+
+@pytest.mark.asyncio_reactor
+@pytest_twisted.ensureDeferred
+async def test_a_fleet_redis_that_is_away_costs_labels_not_the_crawl(
+    tmp_path: Path, caplog: Any
+) -> None:
+    from twisted.internet import reactor
+
+    target = RedisTarget(closed_port_url().replace("http://", "redis://"), retries=0)
+    client = target.client()
+    keys = LearnKeys("capsolver:fleet:away:")
+    stats = StatsCollector(get_crawler())
+    reader = LearntReader(
+        RedisLabelStore(client, keys, 1_000_000),
+        RedisShelf(client, keys, tmp_path, reactor),
+        stats,
+        reactor,
+        min_labels=10,
+        workdir=tmp_path,
+    )
+    try:
+        for _ in range(2):
+            await deferred_from_coro(reader.reload())
+        looks = [r for r in caplog.records if "Could not look for newer" in r.getMessage()]
+        assert [r.levelname for r in looks] == ["WARNING"]  # once, not every few seconds
+
+        site = "http://127.0.0.1:8001"
+        image = CaptchaImage(body=b"\x89PNG image", sha256="a" * 64, source=f"{site}/c.png")
+        solution = CaptchaSolution("42", "task", "a" * 64)
+        reader.answered(image, solution)
+        reader.accepted(solution)
+    finally:
+        await deferred_from_coro(reader.close())  # waits for the label's write to fail
+        await deferred_from_coro(close_client(client))
+    assert stats.get_value("capsolver/learn/labels_skipped") == 1
+    assert stats.get_value("capsolver/learn/labels_stored") is None
+    assert any("A label could not be stored" in r.getMessage() for r in caplog.records)

@@ -112,6 +112,7 @@ class LearntReader:
         self._storing = True
         self._looked = False
         self._reloading = False
+        self._look_failed = False
         self._close_store = close_store
         self._reload_loop = LoopingCall(lambda: self._in_background(self.reload()))
         self._reload_loop.clock = reactor
@@ -257,7 +258,12 @@ class LearntReader:
                     continue
                 await self._load(site, version)
         except Exception as exc:
-            logger.warning("Could not look for newer learnt models: %s", exc)
+            # Once per outage: the look is tried again every few seconds.
+            log = logger.debug if self._look_failed else logger.warning
+            self._look_failed = True
+            log("Could not look for newer learnt models: %s", exc)
+        else:
+            self._look_failed = False
         finally:
             self._looked = True
             self._reloading = False
