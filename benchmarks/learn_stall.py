@@ -3,6 +3,7 @@ child process and then reads with it.
 
     python benchmarks/learn_stall.py                      # the demo site's digits style
     python benchmarks/learn_stall.py --style noisy --min-labels 1000 --learnt 100
+    python benchmarks/learn_stall.py --baseline --max-logins 1500   # the same, not learning
 
 Starts the CapSolver mock (it answers every demo captcha right) and the demo site on
 127.0.0.1, crawls logins with ``CAPSOLVER_LEARN`` on and a low ``CAPSOLVER_LEARN_MIN_LABELS``
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -40,21 +42,23 @@ class StallMeter:
     """How late each 10 ms tick of the reactor ran, and whether a training was running."""
 
     def __init__(self) -> None:
-        self.late: list[tuple[float, bool]] = []
+        #: (seconds since the start, lateness, whether a training was running) per tick.
+        self.late: list[tuple[float, float, bool]] = []
         self.spider: Any = None
 
     def start(self, spider: Any) -> None:
         from twisted.internet import task
 
         self.spider = spider
-        self._due = time.monotonic() + TICK
+        self._started = time.monotonic()
+        self._due = self._started + TICK
         self._loop = task.LoopingCall(self._tick)
         self._loop.start(TICK, now=False)
 
     def _tick(self) -> None:
         now = time.monotonic()
-        training = self.spider.learnt_reader().trainer.training is not None
-        self.late.append((max(0.0, now - self._due), training))
+        training = self.spider.training
+        self.late.append((now - self._started, max(0.0, now - self._due), training))
         self._due = now + TICK
 
     def stop(self, spider: Any) -> None:
@@ -68,7 +72,13 @@ def main() -> None:
     parser.add_argument("--min-labels", type=int, default=300)
     parser.add_argument("--learnt", type=int, default=50, help="learnt answers to end at")
     parser.add_argument("--max-logins", type=int, default=3000)
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="the same crawl without learning, for --max-logins logins: the machine's own stalls",
+    )
     args = parser.parse_args()
+    load_before = os.getloadavg()
 
     site_argv = [str(DEMO_SITE), "--port", "0", "--embed-answers", "--style", args.style]
     site, site_url = start_server(site_argv)
@@ -81,7 +91,7 @@ def main() -> None:
                 "ADDONS": {"scrapy_capsolver_ocr.Addon": 500},
                 "CAPSOLVER_API_KEY": API_KEY,
                 "CAPSOLVER_API_URL": mock_url,
-                "CAPSOLVER_LEARN": True,
+                "CAPSOLVER_LEARN": not args.baseline,
                 "CAPSOLVER_LEARN_DIR": learn_dir,
                 "CAPSOLVER_LEARN_MIN_LABELS": args.min_labels,
                 "LOG_LEVEL": "INFO",
@@ -106,10 +116,14 @@ def main() -> None:
         stop_server(mock)
     assert crawler.stats is not None
     stats = crawler.stats.get_stats()
-    during = [late for late, training in meter.late if training]
-    every = [late for late, _ in meter.late]
+    during = [late for _, late, training in meter.late if training]
+    every = [late for _, late, _ in meter.late]
+    worst = sorted(meter.late, key=lambda tick: tick[1], reverse=True)[:5]
     result = {
+        "learning": not args.baseline,
         "style": args.style,
+        "load_average_before": [round(load, 2) for load in load_before],
+        "load_average_after": [round(load, 2) for load in os.getloadavg()],
         "min_labels": args.min_labels,
         "seconds": round(time.monotonic() - started, 1),
         "logins": len(meter.spider.answered_by),
@@ -124,6 +138,10 @@ def main() -> None:
         "max_stall_while_training_ms": round(max(during, default=0) * 1000, 1),
         "p99_stall_ms": round(_p99(every) * 1000, 1),
         "p99_stall_while_training_ms": round(_p99(during) * 1000, 1),
+        "worst_stalls": [
+            {"at_s": round(at, 1), "ms": round(late * 1000, 1), "training": training}
+            for at, late, training in worst
+        ],
     }
     print(json.dumps(result, indent=2))
 

@@ -52,6 +52,12 @@ class LearningLoginSpider(PageLoginSpider):
     def learnt_reader(self) -> Any:
         return get_solver(self.crawler).readers[0]
 
+    @property
+    def training(self) -> bool:
+        """Whether a model is being trained (never, when the crawl does not learn)."""
+        reader = self.learnt_reader()
+        return reader.name == "learnt" and reader.trainer.training is not None
+
     async def logged_in(self, response: Response) -> AsyncIterator[scrapy.Request]:  # type: ignore[override]
         super().logged_in(response)
         jar: Hashable = response.meta.get("cookiejar")
@@ -62,7 +68,7 @@ class LearningLoginSpider(PageLoginSpider):
             return
         self.started += 1
         jar = self.started  # counted before the pause: another login may end meanwhile
-        if self.learnt_reader().trainer.training is not None:
+        if self.training:
             from twisted.internet import reactor
 
             await maybe_deferred_to_future(deferLater(reactor, self.pause, lambda: None))
