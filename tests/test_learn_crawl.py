@@ -54,9 +54,10 @@ def learn_settings(capsolver: CapSolverMock, learn_dir: Path, **overrides: Any) 
     )
 
 
-def reader_names(settings: dict[str, Any]) -> list[str]:
+async def reader_names(settings: dict[str, Any]) -> list[str]:
     crawler = get_crawler(settings_dict={"CAPSOLVER_API_KEY": API_KEY, **settings})
     middleware = CaptchaSolverMiddleware.from_crawler(crawler)
+    await deferred_from_coro(middleware.solver.close())
     return [reader.name for reader in middleware.solver.readers]
 
 
@@ -66,9 +67,10 @@ def reader_names(settings: dict[str, Any]) -> list[str]:
 @pytest_twisted.ensureDeferred
 async def test_the_learnt_reader_comes_first_in_the_chain(tmp_path: Path) -> None:
     where = {"CAPSOLVER_LEARN_DIR": str(tmp_path)}
-    assert reader_names({}) == ["capsolver"]
-    assert reader_names({"CAPSOLVER_LEARN": True, **where}) == ["learnt", "capsolver"]
-    assert reader_names({"CAPSOLVER_LEARN": True, "CAPSOLVER_LOCAL_OCR": True, **where}) == [
+    assert await reader_names({}) == ["capsolver"]
+    assert await reader_names({"CAPSOLVER_LEARN": True, **where}) == ["learnt", "capsolver"]
+    learning_and_local = {"CAPSOLVER_LEARN": True, "CAPSOLVER_LOCAL_OCR": True, **where}
+    assert await reader_names(learning_and_local) == [
         "learnt",
         "local",
         "capsolver",
