@@ -220,7 +220,7 @@ def _written(files: dict[str, Path]) -> Callable[[str, int], Path | None]:
 def _write_models(folder: Path, models: dict[str, tuple[int, bytes]]) -> dict[str, Path]:
     files = {}
     for number, (site, (version, data)) in enumerate(sorted(models.items())):
-        path = folder / f"{number}-v{version}.model"
+        path = folder / f"{number}-v{version}.onnx"
         path.write_bytes(data)
         files[site] = path
     return files

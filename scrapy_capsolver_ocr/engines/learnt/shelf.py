@@ -5,7 +5,8 @@ site's newer model version without a restart; the process that trained it publis
 Training a site is leased: one process at a time trains a site, so a fleet does not train
 the same model five times over.
 
-:class:`DiskShelf` keeps ``<site key>/v<version>.model`` files under the learn directory,
+:class:`DiskShelf` keeps ``<site key>/model-v<version>.onnx`` files under the learn directory
+(the versioned folder ``learn train -o`` and ``learn eval`` read),
 its lease an exclusive lock on a file (processes sharing the directory on one machine).
 :class:`RedisShelf` keeps each site's newest model (a megabyte or so) in the fleet's Redis,
 its lease a key with an expiry that the trainer renews; models fetched from it are written
@@ -37,8 +38,8 @@ except ImportError:  # pragma: no cover - Windows: the lease holds within one pr
 
 logger = logging.getLogger(__name__)
 
-MODEL_SUFFIX = ".model"
-_VERSION = re.compile(r"^v(\d+)\.model$")
+#: A site's model versions, named as ``learn train -o FOLDER`` names them.
+_VERSION = re.compile(r"^model-v(\d+)\.onnx$")
 #: Versions of a site's model kept on disk: the newest and the one before (a process may be
 #: loading it while a newer one is published).
 KEEP_VERSIONS = 2
@@ -85,7 +86,7 @@ class ModelShelf(Protocol):
 
 
 def version_file(folder: Path, version: int) -> Path:
-    return folder / f"v{version:05d}{MODEL_SUFFIX}"
+    return folder / f"model-v{version}.onnx"
 
 
 def versions_in(folder: Path) -> list[int]:
@@ -142,7 +143,7 @@ class DiskShelf:
 
 
 class ModelFiles:
-    """Models as files under ``directory``, one folder per site: ``v<version>.model``, the
+    """Models as files under ``directory``, one folder per site: ``model-v<version>.onnx``, the
     site's URL in ``site``, the last training's newest label in ``attempted``. Blocking."""
 
     def __init__(self, directory: Path) -> None:

@@ -190,7 +190,7 @@ class CrawlTrainer:
 
     async def _train(self, site: str, labels: Sequence[StoredLabel]) -> None:
         newest = max(label.when for label in labels)
-        output = self._options.workdir / f"training-{os.getpid()}-{uuid.uuid4().hex[:8]}.model"
+        output = self._options.workdir / f"training-{os.getpid()}-{uuid.uuid4().hex[:8]}.onnx"
         # The newest published model is the one to beat (and gives the next version).
         version = (await self._shelf.published()).get(site)
         previous = await self._shelf.fetch(site, version) if version is not None else None
