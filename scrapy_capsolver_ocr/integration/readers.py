@@ -19,7 +19,6 @@ from ..engines.base import ImageReader
 from ..engines.cloud.account import Account, AccountLimits
 from ..engines.cloud.reader import CloudReader
 from ..engines.cloud.retry import Retrier, RetryPolicy
-from ..engines.learnt.labels import DiskLabelStore
 from ..engines.local import require_ddddocr
 from ..reactor import installed_reactor
 from ..settings import SolverSettings
@@ -103,6 +102,7 @@ def learnt_reader(
     """The reader of each site's learnt model (``CAPSOLVER_LEARN_*``): labels and models on
     disk under the learn directory, or in the fleet's Redis when the crawl has one."""
     from ..engines.learnt import require_learn
+    from ..engines.learnt.labels import DiskLabelStore
     from ..engines.learnt.reader import LearntReader
     from ..engines.learnt.shelf import DiskShelf
 
