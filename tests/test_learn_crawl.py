@@ -33,6 +33,7 @@ from twisted.internet.threads import deferToThread
 from scrapy_capsolver_ocr import CaptchaSolution, CaptchaSolverMiddleware
 from scrapy_capsolver_ocr.cli.learn_status import add_arguments
 from scrapy_capsolver_ocr.engines.base import CaptchaImage
+from scrapy_capsolver_ocr.engines.learnt.inputs import HEIGHT
 from scrapy_capsolver_ocr.engines.learnt.labels import (
     CLOUD,
     DiskLabelStore,
@@ -41,6 +42,9 @@ from scrapy_capsolver_ocr.engines.learnt.labels import (
     RedisLabelStore,
     site_key,
 )
+from scrapy_capsolver_ocr.engines.learnt.metadata import ModelInfo
+from scrapy_capsolver_ocr.engines.learnt.network import initial_parameters
+from scrapy_capsolver_ocr.engines.learnt.onnx_file import onnx_bytes
 from scrapy_capsolver_ocr.engines.learnt.reader import LearntReader
 from scrapy_capsolver_ocr.engines.learnt.shelf import DiskShelf, ModelFiles, RedisShelf
 from scrapy_capsolver_ocr.engines.learnt.trainer import TrainingFailed, TrainingJob, TrainingProcess
@@ -478,3 +482,54 @@ async def test_a_fleet_redis_that_is_away_costs_labels_not_the_crawl(
     assert stats.get_value("capsolver/learn/labels_skipped") == 1
     assert stats.get_value("capsolver/learn/labels_stored") is None
     assert any("A label could not be stored" in r.getMessage() for r in caplog.records)
+
+
+def model_file(path: Path, site: str, version: int) -> Path:
+    """A learnt model file that loads and reads (untrained: its figures are made up)."""
+    info = ModelInfo(version, site, "0123456789", 0.5, 0.8, 0.6, 0.98, 100, HEIGHT)
+    path.write_bytes(onnx_bytes(initial_parameters(11, version), info))
+    return path
+
+
+@pytest.mark.asyncio_reactor
+@pytest_twisted.ensureDeferred
+async def test_every_process_of_a_fleet_loads_a_newer_model_without_a_restart(
+    redis_url: str, tmp_path: Path, capsys: Any
+) -> None:
+    from twisted.internet import reactor
+
+    site = "http://127.0.0.1:8001"
+    fleet = f"test-{uuid.uuid4().hex[:8]}"
+    keys = LearnKeys(f"capsolver:fleet:{fleet}:")
+    client = RedisTarget(redis_url).client()
+    trainer = RedisShelf(client, keys, tmp_path / "trainer", reactor)
+    reader = LearntReader(
+        RedisLabelStore(client, keys, 1_000_000),
+        RedisShelf(client, keys, tmp_path / "reader", reactor),
+        StatsCollector(get_crawler()),
+        reactor,
+        min_labels=10,
+        workdir=tmp_path / "training",
+    )
+    try:
+        await deferred_from_coro(reader.reload())
+        assert reader.models == {}
+        for version in (1, 2):
+            model = model_file(tmp_path / f"trained{version}.onnx", site, version)
+            assert await deferred_from_coro(trainer.publish(site, model, version))
+            await deferred_from_coro(reader.reload())
+            assert reader.models[site].version == version
+        fetched = sorted(path.name for path in (tmp_path / "reader").rglob("*.onnx"))
+        assert fetched == ["model-v1.onnx", "model-v2.onnx"]
+    finally:
+        await deferred_from_coro(reader.close())
+        await deferred_from_coro(trainer.close())
+        await deferred_from_coro(close_client(client))
+
+    code, out, err = await deferToThread(
+        status_lines, capsys, "--redis-url", redis_url, "--fleet", fleet
+    )
+    assert code == 0, err
+    assert "model:             v2" in out
+    assert "held-out accuracy: 80.0 %" in out
+    assert "coverage:          60.0 % answered locally" in out
