@@ -6,11 +6,14 @@ leaves the crawl going, and bad settings stop the crawl at start."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ import redis
 from captcha_spiders import PageLoginSpider
 from conftest import API_KEY, DEMO_SITE, CapSolverMock, closed_port_url
 from crawling import RecordingSpider, crawl, solver_settings, stat
+from labelled_captchas import fixed_captchas
 from learning_spiders import LearningLoginSpider
 from scrapy.crawler import CrawlerRunner
 from scrapy.statscollectors import StatsCollector
@@ -48,6 +52,7 @@ from scrapy_capsolver_ocr.engines.learnt.onnx_file import onnx_bytes
 from scrapy_capsolver_ocr.engines.learnt.reader import LearntReader
 from scrapy_capsolver_ocr.engines.learnt.shelf import DiskShelf, ModelFiles, RedisShelf
 from scrapy_capsolver_ocr.engines.learnt.trainer import TrainingFailed, TrainingJob, TrainingProcess
+from scrapy_capsolver_ocr.engines.local.workers import _send as send_frame
 from scrapy_capsolver_ocr.settings import SolverSettings
 from scrapy_capsolver_ocr.state.redis_connection import RedisTarget, close_client
 
@@ -533,3 +538,21 @@ async def test_every_process_of_a_fleet_loads_a_newer_model_without_a_restart(
     assert "model:             v2" in out
     assert "held-out accuracy: 80.0 %" in out
     assert "coverage:          60.0 % answered locally" in out
+
+
+def test_a_training_ends_when_the_crawl_process_is_gone(tmp_path: Path) -> None:
+    labels = [(image, answer) for answer, image in fixed_captchas("digits", 200, seed=3)]
+    job = TrainingJob("http://127.0.0.1:1", labels, str(tmp_path / "model.onnx"), None)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "scrapy_capsolver_ocr.engines.learnt.trainer"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    send_frame(child.stdin, dataclasses.asdict(job))  # returns once the child has read it all
+    child.stdin.close()  # what the crawl's process dying does to the pipe
+    assert child.wait(timeout=600) == 0
+    # Gone without training to the end: no answer, no model.
+    assert child.stdout.read() == b""
+    child.stdout.close()
+    assert not (tmp_path / "model.onnx").exists()

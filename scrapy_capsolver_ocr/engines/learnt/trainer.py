@@ -20,11 +20,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from scrapy.statscollectors import StatsCollector
 
@@ -89,8 +90,8 @@ class TrainingProcess:
         try:
             if self._stopped:
                 raise EOFError
+            # Its input stays open while it trains: it ends when the crawl's process is gone.
             _send(process.stdin, dataclasses.asdict(self.job))
-            process.stdin.close()
             outcome, value = _receive(process.stdout)
         except (EOFError, OSError):
             process.kill()
@@ -257,6 +258,11 @@ def _run_in_workdir(workdir: Path, training: TrainingProcess) -> TrainingReport:
         raise
 
 
+def _exit_at_end_of(stream: IO[bytes]) -> None:
+    stream.read()
+    os._exit(0)
+
+
 def _serve() -> None:
     """The training process: one job from standard input, its outcome to standard output."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the crawl decides when to stop
@@ -266,6 +272,9 @@ def _serve() -> None:
     # Whatever the training libraries print must not corrupt the answer.
     sys.stdout = sys.stderr
     job = TrainingJob(**_receive(stdin))
+    # The crawl closes this input when it has the answer, or when it is gone (killed, say):
+    # nobody is left to use the model then.
+    threading.Thread(target=_exit_at_end_of, args=(stdin,), daemon=True).start()
     try:
         from .training import Label, train_model
 
