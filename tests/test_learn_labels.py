@@ -240,6 +240,7 @@ async def test_every_process_of_a_fleet_adds_to_one_bounded_label_store(
         # Counted by Redis's clock, whatever the labels say.
         stored = await one.labels(SITE_A)
         assert await other.newer(SITE_A, stored[0].when) == 2
+        assert await other.newer(SITE_A, stored[-1].when) == 0
         assert await other.newer(SITE_A, 0.0) == 3
         assert not await one.add(label(9, size=size * 6))
 

@@ -393,7 +393,7 @@ class RedisLabelStore:
         return labels
 
     async def newer(self, site: str, since: float) -> int:
-        since_us = int(since * 1e6)
+        since_us = round(since * 1e6)  # the score it came from, whatever the float did
         key = self._keys.site(site_key(site))
         return int(await self._client.zcount(key, f"({since_us}", "+inf"))
 
