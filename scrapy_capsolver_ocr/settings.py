@@ -38,6 +38,11 @@ DEFAULT_API_URL = "https://api.capsolver.com"
 #: The local answer's confidence from which it is used instead of paying: calibrated on the
 #: demo site's captchas for at least 95 % right (docs/local-first.md).
 DEFAULT_LOCAL_MIN_CONFIDENCE = 0.7
+#: New accepted answers of a site before a model of it is (re)trained: from about a thousand
+#: a small model reads a site better than the general engine (docs/learning-in-a-crawl.md).
+DEFAULT_LEARN_MIN_LABELS = 1000
+#: The label store's bound: about 20,000 captchas of a few kilobytes.
+DEFAULT_LEARN_MAX_BYTES = 100_000_000
 
 T = TypeVar("T")
 
@@ -260,6 +265,13 @@ def _warn_unknown(settings: BaseSettings, known: set[str]) -> None:
             )
 
 
+def _check_directory(name: str, value: Any) -> str:
+    """A directory's path: a string or a path object."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return check_text(name, value)
+
+
 def _api_key(setting: Any) -> ApiKey | None:
     return _entry_key(setting, "CAPSOLVER_API_KEY", "CAPSOLVER_API_KEY", "a CapSolver key")
 
@@ -441,6 +453,12 @@ class SolverSettings:
     local_length: int | None
     local_charset: str | None
     local_workers: int
+    #: Learning each site's captchas from the answers it accepted (docs/learning-in-a-crawl.md).
+    learn: bool = False
+    learn_min_labels: int = DEFAULT_LEARN_MIN_LABELS
+    #: Where labels and models are kept on disk; None: ``.scrapy/capsolver-learn`` of the project.
+    learn_dir: str | None = None
+    learn_max_bytes: int = DEFAULT_LEARN_MAX_BYTES
     #: Fleet mode through Sentinel: (host, port) of each sentinel; the URL's host names the master.
     redis_sentinels: tuple[tuple[str, int], ...] = ()
     #: Fleet mode on a Redis Cluster: the URL names any node.
@@ -511,6 +529,14 @@ class SolverSettings:
             local_charset=read.optional("CAPSOLVER_LOCAL_CHARSET", check_charset),
             local_workers=read.integer(
                 "CAPSOLVER_LOCAL_WORKERS", default_local_workers(), minimum=1
+            ),
+            learn=read.boolean("CAPSOLVER_LEARN", False),
+            learn_min_labels=read.integer(
+                "CAPSOLVER_LEARN_MIN_LABELS", DEFAULT_LEARN_MIN_LABELS, minimum=10
+            ),
+            learn_dir=read.optional("CAPSOLVER_LEARN_DIR", _check_directory),
+            learn_max_bytes=read.integer(
+                "CAPSOLVER_LEARN_MAX_BYTES", DEFAULT_LEARN_MAX_BYTES, minimum=1_000_000
             ),
         )
         sentinels, cluster = _redis_topology(read, config.redis_url)

@@ -1,14 +1,16 @@
-"""The readers of a crawl's solver, built from its settings: with ``CAPSOLVER_LOCAL_OCR``
-the local reader first, then always the cloud reader (the services of
-``CAPSOLVER_PROVIDERS``, CapSolver alone by default). The one place where ``CAPSOLVER_*``
-settings become the engines' own small objects."""
+"""The readers of a crawl's solver, built from its settings: with ``CAPSOLVER_LEARN`` the
+learnt reader first, with ``CAPSOLVER_LOCAL_OCR`` the local reader next, then always the
+cloud reader (the services of ``CAPSOLVER_PROVIDERS``, CapSolver alone by default). The one
+place where ``CAPSOLVER_*`` settings become the engines' own small objects."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from scrapy.statscollectors import StatsCollector
+from scrapy.utils.project import data_path
 
 from ..api.client import ApiClient
 from ..api.image_task import TaskRunner
@@ -39,9 +41,10 @@ def crawl_readers(
     """The readers in the order the solver asks them, and the cloud reader among them (its
     account and balance are the crawl's too)."""
     cloud = cloud_reader(config, stats, state, on_fatal)
-    if not config.local_ocr:
-        return [cloud], cloud
-    return [local_reader(config, stats), cloud], cloud
+    readers: list[ImageReader] = [learnt_reader(config, stats, state)] if config.learn else []
+    if config.local_ocr:
+        readers.append(local_reader(config, stats))
+    return [*readers, cloud], cloud
 
 
 def cloud_reader(
@@ -139,3 +142,50 @@ def local_reader(config: SolverSettings, stats: StatsCollector) -> ImageReader:
         only_reader=config.api_key is None,
     )
     return LocalReader(options, stats, installed_reactor())
+
+
+def learnt_reader(
+    config: SolverSettings, stats: StatsCollector, state: SolvingState
+) -> ImageReader:
+    """The reader of each site's learnt model (``CAPSOLVER_LEARN_*``): labels and models on
+    disk under the learn directory, or in the fleet's Redis when the crawl has one."""
+    from ..engines.learnt import require_learn
+    from ..engines.learnt.labels import DiskLabelStore
+    from ..engines.learnt.reader import LearntReader
+    from ..engines.learnt.shelf import DiskShelf
+
+    require_learn("CAPSOLVER_LEARN = True", ("numpy", "onnxruntime", "autograd", "onnx"))
+
+    reactor = installed_reactor()
+    directory = Path(config.learn_dir or data_path("capsolver-learn", createdir=True))
+    workdir = directory / "training"
+    if config.redis_url is None:
+        return LearntReader(
+            DiskLabelStore(directory / "labels", config.learn_max_bytes, reactor),
+            DiskShelf(directory / "models", reactor),
+            stats,
+            reactor,
+            min_labels=config.learn_min_labels,
+            workdir=workdir,
+        )
+    from ..engines.learnt.labels import LearnKeys, RedisLabelStore
+    from ..engines.learnt.shelf import RedisShelf
+    from ..state.redis_connection import close_client
+    from ..state.redis_state import RedisState
+
+    assert isinstance(state, RedisState)
+    client = state.target.client()
+    keys = LearnKeys(state.keys.fleet_prefix)
+
+    async def close() -> None:
+        await close_client(client)
+
+    return LearntReader(
+        RedisLabelStore(client, keys, config.learn_max_bytes),
+        RedisShelf(client, keys, directory / "fleet-models", reactor),
+        stats,
+        reactor,
+        min_labels=config.learn_min_labels,
+        workdir=workdir,
+        close_store=close,
+    )
