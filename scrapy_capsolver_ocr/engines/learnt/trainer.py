@@ -288,7 +288,10 @@ def _serve() -> None:
         answer: tuple[str, Any] = ("ok", report)
     except Exception as exc:  # the crawl logs it; the process ends either way
         answer = ("error", f"{type(exc).__name__}: {exc}")
-    _send(stdout, answer)
+    _send(stdout, answer)  # written and flushed
+    # Not a normal interpreter exit: its shutdown would race the thread still reading the
+    # input, and Python aborts (SIGABRT) when a daemon thread holds stdin's buffer then.
+    os._exit(0)
 
 
 if __name__ == "__main__":
