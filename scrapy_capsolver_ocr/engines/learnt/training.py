@@ -25,7 +25,7 @@ from .ctc import ctc_loss
 from .inputs import HEIGHT, batch, network_input
 from .metadata import ModelInfo
 from .model import LearntModel
-from .network import Parameters, forward, initial_parameters
+from .network import Parameters, Statistics, folded, forward, initial_parameters
 from .onnx_file import onnx_bytes
 from .threshold import HeldoutScore, promotion, scored
 
@@ -171,6 +171,18 @@ def _accuracy(
     return right / len(inputs) if inputs else 0.0
 
 
+#: Images the normalisation statistics of the reading network are taken on.
+STATISTICS_IMAGES = 256
+
+
+def reading_parameters(parameters: Parameters, inputs: Sequence[Array]) -> Parameters:
+    """The trained ``parameters`` with their normalisation folded in, at the mean and
+    variance over (up to STATISTICS_IMAGES of) the training ``inputs``."""
+    statistics: Statistics = {}
+    forward(parameters, batch(inputs[:STATISTICS_IMAGES]), statistics=statistics)
+    return folded(parameters, statistics)
+
+
 def fit(
     inputs: Sequence[Array],
     targets: Sequence[list[int]],
@@ -180,7 +192,8 @@ def fit(
     after_epoch: Callable[[int, float, Parameters], None] | None = None,
 ) -> Parameters:
     """The network's parameters trained on ``inputs`` (network inputs) towards ``targets``
-    (class indices, 1-based) for ``epochs`` passes, with a cosine-decayed learning rate."""
+    (class indices, 1-based) for ``epochs`` passes, with a cosine-decayed learning rate;
+    their normalisation not folded in yet (see :func:`reading_parameters`)."""
     import autograd.numpy as anp
     from autograd import value_and_grad
 
@@ -252,17 +265,15 @@ def train_model(
 
     def after_epoch(epoch: int, loss: float, parameters: Parameters) -> None:
         if progress is not None:
-            accuracy = _accuracy(parameters, heldout_inputs, heldout_answers, alphabet)
+            reading = reading_parameters(parameters, train_inputs)
+            accuracy = _accuracy(reading, heldout_inputs, heldout_answers, alphabet)
             progress(TrainingProgress(epoch, epochs, loss, accuracy, time.monotonic() - began))
 
-    parameters = fit(
-        [inputs[i] for i in train],
-        [targets[i] for i in train],
-        len(alphabet) + 1,
-        epochs,
-        seed,
-        after_epoch,
+    train_inputs = [inputs[i] for i in train]
+    trained = fit(
+        train_inputs, [targets[i] for i in train], len(alphabet) + 1, epochs, seed, after_epoch
     )
+    parameters = reading_parameters(trained, train_inputs)
     version = (old.version if old is not None else 0) + 1
     info = ModelInfo(version, site, alphabet, 1.0, 0.0, 0.0, 0.0, len(inputs), HEIGHT)
     # Read the held-out labels through the ONNX bytes the crawl would read with.
