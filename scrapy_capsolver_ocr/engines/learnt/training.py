@@ -37,8 +37,8 @@ BATCH_SIZE = 32
 LEARNING_RATE = 3e-3
 #: Without ``epochs``, train for about this many images (epochs = this / training labels,
 #: within EPOCH_RANGE): small label sets need more passes over them to learn anything.
-IMAGES_SEEN = 40_000
-EPOCH_RANGE = (10, 60)
+IMAGES_SEEN = 24_000
+EPOCH_RANGE = (8, 40)
 
 
 @dataclass(frozen=True)
