@@ -166,7 +166,7 @@ def test_train_refuses_a_bad_label_folder(tmp_path: Path, kind: str, message: st
     run = run_learn("train", str(folder), "-o", str(tmp_path / "model.onnx"))
     assert run.returncode == 1
     assert re.search(message, run.stderr), run.stderr
-    assert run.stderr.startswith("scrapy-capsolver-ocr learn train: ")
+    assert run.stderr.splitlines()[-1].startswith("scrapy-capsolver-ocr learn train: ")
     assert not (tmp_path / "model.onnx").exists()
 
 
