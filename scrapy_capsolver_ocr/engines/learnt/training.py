@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from ..local.gate import Alphabet, read_best_path, softmax
 from . import require_learn
 from .ctc import ctc_loss
-from .inputs import HEIGHT, batch, network_input
+from .inputs import BACKGROUND, HEIGHT, batch, network_input
 from .metadata import ModelInfo
 from .model import LearntModel
 from .network import Parameters, Statistics, folded, forward, initial_parameters
@@ -110,7 +111,7 @@ def _split(count: int, share: float, seed: int) -> tuple[list[int], list[int]]:
 def _shifted(images: Array, random_state: np.random.Generator) -> Array:
     """Each image moved by up to 2 pixels each way, background filling in: the same
     captcha drawn a little elsewhere, so the network learns glyphs, not places."""
-    out = np.full_like(images, 1.0)
+    out = np.full_like(images, BACKGROUND)
     _, height, width, _ = images.shape
     for index, (down, right) in enumerate(random_state.integers(-2, 3, size=(len(images), 2))):
         source = images[
@@ -125,8 +126,7 @@ def _shifted(images: Array, random_state: np.random.Generator) -> Array:
 
 
 class _Adam:
-    def __init__(self, parameters: Parameters, rate: float) -> None:
-        self.rate = rate
+    def __init__(self, parameters: Parameters) -> None:
         self.step = 0
         self.first = {name: np.zeros_like(values) for name, values in parameters.items()}
         self.second = {name: np.zeros_like(values) for name, values in parameters.items()}
@@ -143,32 +143,17 @@ class _Adam:
             )
 
 
-def greedy_texts(logits: Array, alphabet: str) -> list[str]:
-    """The best-path text of each sample's logits (batch x frames x classes)."""
-    texts = []
-    for best in logits.argmax(axis=2):
-        chars = []
-        previous = 0
-        for index in best.tolist():
-            if index and index != previous:
-                chars.append(alphabet[index - 1])
-            previous = index
-        texts.append("".join(chars))
-    return texts
-
-
 def _accuracy(
     parameters: Parameters, inputs: Sequence[Array], answers: Sequence[str], alphabet: str
 ) -> float:
-    right = 0
+    """The share of ``inputs`` the numpy network reads as their answers (progress only: the
+    figures that decide are read through the ONNX file)."""
+    letters = Alphabet(["", *alphabet])
+    readings = []
     for start in range(0, len(inputs), 64):
-        logits = forward(parameters, batch(inputs[start : start + 64]))
-        texts = greedy_texts(logits, alphabet)
-        right += sum(
-            text.casefold() == answer.casefold()
-            for text, answer in zip(texts, answers[start : start + 64], strict=True)
-        )
-    return right / len(inputs) if inputs else 0.0
+        for logits in forward(parameters, batch(inputs[start : start + 64])):
+            readings.append(read_best_path(softmax(logits), letters))
+    return sum(mark.right for mark in scored(readings, answers)) / len(inputs) if inputs else 0.0
 
 
 #: Images the normalisation statistics of the reading network are taken on.
@@ -202,7 +187,7 @@ def fit(
 
     loss_and_gradient = value_and_grad(loss)
     parameters = initial_parameters(classes, seed)
-    adam = _Adam(parameters, LEARNING_RATE)
+    adam = _Adam(parameters)
     random_state = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(len(inputs) / BATCH_SIZE)
     total = max(1, epochs * steps_per_epoch)
