@@ -14,6 +14,7 @@ import pytest
 from labelled_captchas import fixed_captchas
 from onnx import TensorProto, helper
 
+from scrapy_capsolver_ocr.engines.learnt import LearnUnavailableError, require_learn
 from scrapy_capsolver_ocr.engines.learnt.ctc import ctc_loss, ctc_loss_and_gradient, log_softmax
 from scrapy_capsolver_ocr.engines.learnt.inputs import HEIGHT, batch, network_input
 from scrapy_capsolver_ocr.engines.learnt.metadata import FORMAT_VERSION, ModelInfo
@@ -356,3 +357,12 @@ def test_training_learns_seeded_captchas_and_a_worse_model_is_not_promoted(
     assert not worse.promoted and worse.version == 2
     assert not again.exists()
     assert "not promoted" in worse.reason
+
+
+def test_a_missing_training_package_names_the_extra() -> None:
+    with pytest.raises(
+        LearnUnavailableError, match=r"needs no_such_package_zz, optional"
+    ) as raised:
+        require_learn("Training", ("autograd", "no_such_package_zz"))
+    assert 'pip install "scrapy-capsolver-ocr[learn]"' in str(raised.value)
+    require_learn("Training")  # the learn extra is installed here
