@@ -50,15 +50,15 @@ def test_train_writes_the_first_version_into_a_models_folder(
 ) -> None:
     models, run = trained
     assert run.returncode == 0, run.stderr
-    assert [path.name for _, path in versions(models)] == ["shop-v1.onnx"]
+    assert [path.name for _, path in versions(models)] == ["model-v1.onnx"]
     assert f"Training on {TRAIN_COUNT} labelled images" in run.stderr
     epochs = re.findall(r"epoch +(\d+)/7 \[[#.]+\] loss +[0-9.]+ +held-out +[0-9.]+%", run.stderr)
     assert epochs == [str(n) for n in range(1, 8)]
     lines = run.stdout.splitlines()
     assert lines[0].startswith("promoted (held-out accuracy ")
-    assert lines[1].startswith(f"model: {models / 'shop-v1.onnx'} (version 1, ")
+    assert lines[1].startswith(f"model: {models / 'model-v1.onnx'} (version 1, ")
     assert lines[2].startswith(f"labels: {TRAIN_COUNT} (0 unreadable skipped), 7 epochs in ")
-    model = LearntModel.load(models / "shop-v1.onnx")
+    model = LearntModel.load(models / "model-v1.onnx")
     assert (model.version, model.site, model.alphabet) == (1, "shop", "0123456789")
     assert f"held-out accuracy: {model.heldout_accuracy:.1%}" in lines
 
@@ -70,11 +70,11 @@ def test_eval_measures_a_model_on_labelled_images(
     draw(tmp_path, 40, seed=77)
     (tmp_path / "unnamed.png").write_bytes(fixed_captchas("digits", 1, 3)[0][1])  # no answer
 
-    run = run_learn("eval", str(models / "shop-v1.onnx"), str(tmp_path))
+    run = run_learn("eval", str(models / "model-v1.onnx"), str(tmp_path))
 
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0].startswith(f"{models / 'shop-v1.onnx'}: site 'shop', version 1, threshold ")
+    assert lines[0].startswith(f"{models / 'model-v1.onnx'}: site 'shop', version 1, threshold ")
     assert lines[1] == f"40 labelled images in {tmp_path}"
     right = int(re.fullmatch(r"accuracy: [0-9.]+% \((\d+)/40\)", lines[2])[1])  # type: ignore[index]
     # It reads far more here; the floor leaves room for other machines.
@@ -102,7 +102,7 @@ def test_eval_json_reads_every_image_whatever_its_name(
     entries = json.loads(run.stdout)
     names = sorted(path.name for path in tmp_path.glob("*.png"))
     assert [entry["file"] for entry in entries] == names
-    threshold = LearntModel.load(models / "shop-v1.onnx").threshold
+    threshold = LearntModel.load(models / "model-v1.onnx").threshold
     for entry in entries:
         assert set(entry) <= {"file", "text", "confidence", "answered", "error"}
         assert entry["answered"] == (bool(entry["text"]) and entry["confidence"] >= threshold)
@@ -118,7 +118,7 @@ def test_a_model_that_does_not_beat_the_newest_is_not_written(
     models, _ = trained
     copy = tmp_path / "models"
     copy.mkdir()
-    (copy / "shop-v1.onnx").write_bytes((models / "shop-v1.onnx").read_bytes())
+    (copy / "model-v1.onnx").write_bytes((models / "model-v1.onnx").read_bytes())
     labels = tmp_path / "shop"
     draw(labels, 40, seed=22)
 
@@ -127,7 +127,7 @@ def test_a_model_that_does_not_beat_the_newest_is_not_written(
     assert run.returncode == NOT_PROMOTED, run.stderr
     assert run.stdout.startswith("not promoted: ")
     assert "model: not written (version 2, " in run.stdout
-    assert [path.name for path in copy.iterdir()] == ["shop-v1.onnx"]
+    assert [path.name for path in copy.iterdir()] == ["model-v1.onnx"]
 
 
 def make_folder(root: Path, kind: str) -> Path:

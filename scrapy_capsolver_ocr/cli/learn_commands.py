@@ -2,9 +2,9 @@
 trained one (:mod:`scrapy_capsolver_ocr.engines.learnt`, the ``learn`` extra).
 
 - ``learn train LABEL_DIR -o MODEL``: images named ``<answer>_<anything>.<ext>``; MODEL a
-  file, or a folder where ``<name>-v<N>.onnx`` files are kept (the newest is the model to
-  beat). Exit status 0 when a model was written, 3 when the new one was not promoted, 1
-  on bad input.
+  file, or a folder where ``model-v<N>.onnx`` files are kept (the newest is the model to
+  beat), as a crawl keeps a site's models. Exit status 0 when a model was written, 3 when
+  the new one was not promoted, 1 on bad input.
 - ``learn eval MODEL DIR [--json]``: accuracy, coverage and precision at the model's
   threshold, or one JSON entry per image.
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from ..engines.learnt.model import LearntModel
     from ..engines.learnt.training import TrainingProgress, TrainingReport
 
+#: The file name of models in a folder, before ``-v<N>.onnx``: what a crawl writes.
+MODEL_NAME = "model"
 #: Exit status of ``learn train`` when training ran but its model was not promoted.
 NOT_PROMOTED = 3
 _VERSIONED = re.compile(r"^(?P<name>.+)-v(?P<version>[0-9]+)\.onnx$")
@@ -69,9 +71,11 @@ def add_learn(
     )
     train.add_argument(
         "--name",
-        help="in a MODEL folder, the models' name (default: LABEL_DIR's name); also the "
-        "model's site",
+        default=MODEL_NAME,
+        help="in a MODEL folder, the models' file name before -v<N>.onnx (default: "
+        "%(default)s, as a crawl names a site's models)",
     )
+    train.add_argument("--site", help="the site the model reads (default: LABEL_DIR's name)")
     train.add_argument(
         "--epochs", type=_positive, help="passes over the labels (default: by their number)"
     )
@@ -148,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..engines.learnt.training import Label, train_model
 
     directory = Path(args.directory)
-    name = args.name or directory.resolve().name
+    name = args.name
     try:
         files = labelled_files(directory)
         if _is_folder(args.output):
@@ -165,7 +169,7 @@ def run_train(args: argparse.Namespace) -> int:
         report = train_model(
             labels,
             output,
-            site=name,
+            site=args.site if args.site is not None else directory.resolve().name,
             previous=previous,
             progress=_progress_bar(),
             seed=args.seed,
