@@ -14,11 +14,12 @@ import pytest
 from labelled_captchas import fixed_captchas
 from onnx import TensorProto, helper
 
+from scrapy_capsolver_ocr.engines.learnt import LearnUnavailableError, require_learn
 from scrapy_capsolver_ocr.engines.learnt.ctc import ctc_loss, ctc_loss_and_gradient, log_softmax
 from scrapy_capsolver_ocr.engines.learnt.inputs import HEIGHT, batch, network_input
 from scrapy_capsolver_ocr.engines.learnt.metadata import FORMAT_VERSION, ModelInfo
 from scrapy_capsolver_ocr.engines.learnt.model import LearntModel
-from scrapy_capsolver_ocr.engines.learnt.network import count, forward, initial_parameters
+from scrapy_capsolver_ocr.engines.learnt.network import count, folded, forward, initial_parameters
 from scrapy_capsolver_ocr.engines.learnt.onnx_file import onnx_bytes
 from scrapy_capsolver_ocr.engines.learnt.threshold import (
     HeldoutScore,
@@ -122,8 +123,36 @@ def info(**changes: object) -> ModelInfo:
     return ModelInfo(**values)  # type: ignore[arg-type]
 
 
+def trained_like(classes: int, seed: int) -> dict[str, np.ndarray]:
+    """Initial parameters with random scales and shifts, as training leaves them."""
+    random = np.random.default_rng(seed)
+    parameters = initial_parameters(classes, seed)
+    for name in parameters:
+        if name.endswith((".gamma", ".beta", ".bias")):
+            parameters[name] = random.uniform(0.5, 1.5, parameters[name].shape).astype(np.float32)
+    return parameters
+
+
+def test_folded_normalisation_reads_as_the_normalised_network() -> None:
+    parameters = trained_like(5, 4)
+    images = batch(
+        [np.random.default_rng(i).uniform(0, 1, (HEIGHT, 24)).astype(np.float32) for i in range(6)]
+    )
+    statistics: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    normalised = forward(parameters, images, statistics=statistics)
+    assert set(statistics) == {"conv1", "conv2", "conv3", "frames"}
+    reading = folded(parameters, statistics)
+    assert not any(name.endswith((".gamma", ".beta")) for name in reading)
+    np.testing.assert_allclose(forward(reading, images), normalised, rtol=1e-3, atol=1e-3)
+
+
 def test_the_onnx_file_reads_as_the_numpy_forward_pass(tmp_path: Path) -> None:
-    parameters = initial_parameters(7, 5)
+    random = np.random.default_rng(6)
+    statistics = {
+        name: (random.normal(size=channels), random.uniform(0.5, 2, channels))
+        for name, channels in [("conv1", 16), ("conv2", 32), ("conv3", 64), ("frames", 128)]
+    }
+    parameters = folded(trained_like(7, 5), statistics)
     path = tmp_path / "model.onnx"
     path.write_bytes(onnx_bytes(parameters, info()))
     model = LearntModel.load(path)
@@ -301,12 +330,12 @@ def test_training_learns_seeded_captchas_and_a_worse_model_is_not_promoted(
     output = tmp_path / "digits.onnx"
 
     report = train_model(
-        labels + unreadable, output, site="demo", progress=seen.append, seed=1, epochs=14
+        labels + unreadable, output, site="demo", progress=seen.append, seed=1, epochs=8
     )
 
     assert report.promoted, report.reason
-    assert (report.version, report.labels, report.skipped, report.epochs) == (1, 400, 2, 14)
-    assert [p.epoch for p in seen] == list(range(1, 15)) and seen[-1].epochs == 14
+    assert (report.version, report.labels, report.skipped, report.epochs) == (1, 400, 2, 8)
+    assert [p.epoch for p in seen] == list(range(1, 9)) and seen[-1].epochs == 8
     assert seen[-1].loss < seen[0].loss
     # It reaches over 90 % here; the floor leaves room for slower or different machines.
     assert report.heldout_accuracy >= 0.5
@@ -328,3 +357,12 @@ def test_training_learns_seeded_captchas_and_a_worse_model_is_not_promoted(
     assert not worse.promoted and worse.version == 2
     assert not again.exists()
     assert "not promoted" in worse.reason
+
+
+def test_a_missing_training_package_names_the_extra() -> None:
+    with pytest.raises(
+        LearnUnavailableError, match=r"needs no_such_package_zz, optional"
+    ) as raised:
+        require_learn("Training", ("autograd", "no_such_package_zz"))
+    assert 'pip install "scrapy-capsolver-ocr[learn]"' in str(raised.value)
+    require_learn("Training")  # the learn extra is installed here

@@ -5,7 +5,8 @@
 ``calibrate`` measures the local engine on labelled captchas
 (:mod:`scrapy_capsolver_ocr.engines.local.calibration`); ``fleet status`` and
 ``fleet reset-budget`` read and reset what a fleet of crawl processes shares in Redis
-(:mod:`scrapy_capsolver_ocr.cli.fleet_commands`).
+(:mod:`scrapy_capsolver_ocr.cli.fleet_commands`); ``learn train`` and ``learn eval`` train and
+measure a site's learnt reader (:mod:`scrapy_capsolver_ocr.cli.learn_commands`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..server import app as ocr_server
 from ..server import http as ocr_server_http
 from ..settings import DEFAULT_API_URL, SolverSettings
 from ..state.fleet import EXTRA_HINT
-from . import api_commands
+from . import api_commands, learn_commands
 
 #: Read by ``serve`` when ``--require-key`` is not given: a key on the command line would show
 #: in the process list.
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_balance(commands)
     _add_fleet(commands)
     _add_calibrate(commands)
+    learn_commands.add_learn(commands)
     return parser
 
 

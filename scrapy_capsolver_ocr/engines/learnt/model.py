@@ -39,8 +39,8 @@ class _Parts:
 
 
 class LearntModel:
-    """A site's learnt reader: its file, its metadata, one onnxruntime session. Reading is
-    not thread-safe: one model per thread."""
+    """A site's learnt reader: its file, its metadata, one onnxruntime session (each read
+    runs in the calling thread alone; onnxruntime lets several threads read at once)."""
 
     def __init__(self, path: Path, content: bytes) -> None:
         """The model in ``content`` (the bytes of ``path``). Raises ValueError naming the file
