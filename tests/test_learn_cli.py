@@ -205,3 +205,11 @@ def test_eval_refuses_a_bad_model_or_folder(
     (unnamed / "captcha.png").write_bytes(fixed_captchas("digits", 1)[0][1])
     run = run_learn("eval", str(models), str(unnamed))
     assert run.returncode == 1 and "nothing to measure (--json reads them all)" in run.stderr
+
+
+def test_learn_status_is_a_command_of_the_learn_group(tmp_path: Path) -> None:
+    # The status itself is tested in test_learn_crawl.py; here: the command line reaches it.
+    run = run_learn("status", "--learn-dir", str(tmp_path / "missing"))
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr.startswith("learn status: no learn directory at ")

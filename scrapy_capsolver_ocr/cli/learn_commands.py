@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import learn_status
 from .api_commands import report_failure
 
 if TYPE_CHECKING:
@@ -102,6 +103,16 @@ def add_learn(
     evaluate.add_argument("directory", metavar="DIR", help="a folder of images")
     evaluate.add_argument("--json", action="store_true", help="one JSON entry per image")
     evaluate.set_defaults(run=run_eval)
+    status = actions.add_parser(
+        "status",
+        help="each site's labels, model version, held-out accuracy and coverage",
+        description=(
+            "What a crawl has learnt: per site, the labels stored and the model in use "
+            "(version, held-out accuracy, coverage at its threshold), from the learn "
+            "directory or a fleet's Redis."
+        ),
+    )
+    learn_status.add_arguments(status)
     return actions
 
 
