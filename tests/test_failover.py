@@ -23,7 +23,7 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy.settings import Settings
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.test import get_crawler
-from servers.mock_process import MockProcess, paid_twice
+from servers.mock_process import MockProcess, answered_twice, paid_twice
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
@@ -193,10 +193,11 @@ async def test_the_preferred_service_killed_mid_crawl_then_back_after_the_cooldo
     moved = stat(crawler, "capsolver/provider/capsolver/unanswered_moved")
     if unanswered:
         # The tasks the preferred service held when it died went to the backup: a dead
-        # service cannot deliver their answers. Every image sent to both is such a move.
+        # service cannot deliver their answers. Every image sent to both is such a move
+        # (a lost call may also have died before the service read it).
         assert spider.errors == {}
         assert moved >= 1
-        assert paid_twice(preferred, backup) == moved
+        assert paid_twice(preferred, backup) <= moved
         assert answered_by(spider, during) <= {"capsolver", failover_kinds.BACKUP}
     else:
         # Those tasks fail: the preferred service may have created them, and they are
@@ -206,6 +207,8 @@ async def test_the_preferred_service_killed_mid_crawl_then_back_after_the_cooldo
             assert isinstance(error, CaptchaTransientError)
         assert moved == 0
         assert paid_twice(preferred, backup) == 0
+    # No image was answered with a solution by both services.
+    assert answered_twice(preferred, backup) == 0
     assert len(preferred.created()) >= 10 + max(len(spider.errors), moved)
     # Before: the preferred; during the outage: the backup; back on the preferred after
     # the cool-down and one probe.
