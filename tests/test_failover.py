@@ -156,7 +156,7 @@ async def test_the_preferred_service_killed_mid_crawl_then_back_after_the_cooldo
 ) -> None:
     caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr")
     # The preferred service takes a while per task, so that some are in flight at the kill.
-    preferred, backup = mocks("preferred", "--latency", "0.5"), mocks("backup")
+    preferred, backup = mocks("preferred", "--latency", "1"), mocks("backup")
     before, during, outage, probe, back = (
         images(image_site, phase) for phase in ("ab", "cd", "ef", "gh", "jk")
     )
