@@ -171,28 +171,22 @@ async def test_a_task_lost_with_a_service_that_went_down_moves_on_and_is_counted
     assert await services.state.route_leave("a", 30.0) == "open"
 
 
+@pytest.mark.parametrize(
+    ("policy", "failure"),
+    [({"unanswered": False}, LOST), ({}, TIMEOUT), ({}, GATEWAY_TIMEOUT)],
+    ids=["setting-off", "timeout", "504"],
+)
 @pytest_twisted.ensureDeferred
-async def test_with_the_setting_off_a_lost_task_is_never_sent_again() -> None:
-    services = Services(unanswered=False)
-    services.unreachable = {"a"}
-    services.outcomes["a"] = [LOST]
-    with pytest.raises(CaptchaTransientError):
-        await services.pay()
-    assert services.asked == ["a"] and services.checked == []
-    assert services.stat("capsolver/provider/a/unanswered_moved") == 0
-
-
-@pytest.mark.parametrize("slow", [TIMEOUT, GATEWAY_TIMEOUT], ids=["timeout", "504"])
-@pytest_twisted.ensureDeferred
-async def test_a_slow_service_is_not_paid_twice_even_when_unreachable_after(
-    slow: CaptchaTransientError,
+async def test_a_task_that_may_be_billed_is_never_sent_again(
+    policy: dict[str, Any], failure: CaptchaTransientError
 ) -> None:
-    services = Services()
+    services = Services(**policy)
     services.unreachable = {"a"}
-    services.outcomes["a"] = [slow]
+    services.outcomes["a"] = [failure]
     with pytest.raises(CaptchaTransientError):
         await services.pay()
-    # A timeout says nothing of the task's fate: not even a balance call to find out.
+    # The setting off, or a slow service (a timeout says nothing of the task's fate): not
+    # even a balance call to find out, however the service looks afterwards.
     assert services.asked == ["a"] and services.checked == []
     assert services.stat("capsolver/provider/a/unanswered_moved") == 0
 
