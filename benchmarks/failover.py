@@ -9,11 +9,16 @@ single-service crawl pays for the failover code (nothing measurable, we expect).
 127.0.0.1 (tests/servers/capsolver_mock.py, the second one registered as the ``backup``
 service, tests/failover_kinds.py), each answering after ``--latency`` seconds; once the
 preferred one received a quarter of the tasks it is killed (SIGKILL), and started again
-on its port ``--down`` seconds later. ``CAPSOLVER_TIMEOUT`` is 1 s. Measured: requests that
+on its port ``--down`` seconds later. ``CAPSOLVER_TIMEOUT`` is 1 s;
+``CAPSOLVER_FAILOVER_UNANSWERED`` is on unless ``--no-unanswered``. Measured: requests that
 never ended (lost), requests that ended with an error, images paid twice (a createTask
-received by a service and not refused, over both services' call logs, which outlive the
-kill), seconds from the kill to the first answer from the backup, and seconds from the
-return of the preferred service to the first answer from it again (against the cool-down).
+answered with a solution by both services, over both services' call logs, which outlive the
+kill), the tasks moved off the killed service with their connection
+(``capsolver/provider/capsolver/unanswered_moved``: it died before answering them; each
+is a possible second charge where a service bills a task it received), images whose
+createTask reached both services (received and not refused), seconds from the kill to the
+first answer from the backup, and seconds from the return of the preferred service to the
+first answer from it again (against the cool-down).
 
 ``overhead``: the solving path of ``solving_scenarios.py middleware`` (section 3 of
 docs/benchmarks.md: 2000 captchas in memory through ``process_response``, one service) with
@@ -42,7 +47,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from servers.mock_process import MockProcess, paid_twice  # noqa: E402
+from servers.mock_process import MockProcess, answered_twice, paid_twice  # noqa: E402
 from servers.process import start_server, stop_server  # noqa: E402
 
 API_KEY = "CAP-benchmark-key-0000000000000000"
@@ -122,6 +127,7 @@ def outage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "CAPSOLVER_TIMEOUT": 1.0,
                 "CAPSOLVER_CONCURRENCY": args.concurrency,
                 "CAPSOLVER_FAILOVER_COOLDOWN": args.cooldown,
+                "CAPSOLVER_FAILOVER_UNANSWERED": args.unanswered,
                 "CAPSOLVER_LOGSTATS_INTERVAL": 0,
             },
         }
@@ -157,10 +163,13 @@ def outage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "latency": args.latency,
         "cooldown": args.cooldown,
         "down": args.down,
+        "unanswered_setting": args.unanswered,
         "lost": len(urls) - len(ended),
         "failed": sum(1 for e in ended.values() if "error" in e),
         "failed_classes": sorted({e["error"] for e in ended.values() if "error" in e}),
-        "paid_twice": paid_twice(preferred, backup),
+        "unanswered_moved": stats.get("capsolver/provider/capsolver/unanswered_moved", 0),
+        "sent_to_both": paid_twice(preferred, backup),
+        "paid_twice": answered_twice(preferred, backup),
         "answered_by": {
             who: sum(1 for _, by in answers if by == who) for who in ("capsolver", "backup")
         },
@@ -268,6 +277,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--cooldown", type=float, default=2.0)
     parser.add_argument("--down", type=float, default=3.0)
+    parser.add_argument(
+        "--no-unanswered",
+        dest="unanswered",
+        action="store_false",
+        help="CAPSOLVER_FAILOVER_UNANSWERED = False: tasks lost with the service fail",
+    )
     parser.add_argument("--base", default="main", help="git revision of the baseline")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--overhead-captchas", type=int, default=2000)

@@ -417,6 +417,7 @@ class SolverSettings:
     no_slot_failover_after: float
     failover_cooldown: float
     failover_answer_errors: bool
+    failover_unanswered: bool
     module: str | None
     score: float | None
     app_id: str | None
@@ -489,6 +490,7 @@ class SolverSettings:
             ),
             failover_cooldown=read.seconds("CAPSOLVER_FAILOVER_COOLDOWN", 60.0),
             failover_answer_errors=read.boolean("CAPSOLVER_FAILOVER_ANSWER_ERRORS", False),
+            failover_unanswered=read.boolean("CAPSOLVER_FAILOVER_UNANSWERED", True),
             module=read.optional("CAPSOLVER_MODULE", check_text),
             score=read.optional("CAPSOLVER_SCORE", check_score),
             app_id=app_id,

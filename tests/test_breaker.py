@@ -26,6 +26,7 @@ from scrapy_capsolver_ocr.engines.cloud.routes import (
     Route,
     RouteOpened,
     Sending,
+    connection_lost,
     maybe_created,
     refused_before_sending,
 )
@@ -35,6 +36,9 @@ from scrapy_capsolver_ocr.state.base import MemoryState, StateLimits
 
 REFUSED = CaptchaTransientError("refused", "CONNECTION_ConnectionRefusedError")
 LOST = CaptchaTransientError("lost", "CONNECTION_ResponseNeverReceived")
+RESET = CaptchaTransientError("reset", "CONNECTION_ResponseFailed")
+TIMEOUT = CaptchaTransientError("slow", "TIMEOUT")
+GATEWAY_TIMEOUT = CaptchaTransientError("gateway", "HTTP_504")
 BUSY = CaptchaTransientError("busy", "HTTP_503")
 NO_SLOT = CaptchaTransientError("no slot", "ERROR_NO_SLOT_AVAILABLE")
 UNSOLVABLE = CaptchaTaskError("unsolvable", "ERROR_CAPTCHA_UNSOLVABLE")
@@ -46,7 +50,8 @@ def zero_balance() -> CaptchaAccountError:
 
 class Services:
     """Two routes, A preferred and B, behind a failover on a clock; ``outcomes`` says what
-    each service does with the next task (an exception, or an answer)."""
+    each service does with the next task (an exception, or an answer); ``unreachable`` the
+    services a balance call would find refusing connections (``checked``: those asked)."""
 
     def __init__(self, **policy: Any) -> None:
         self.clock = Clock()
@@ -67,7 +72,10 @@ class Services:
             self.stats,
             FailoverPolicy(**policy),
             self.clock,
+            down=self.down,
         )
+        self.unreachable: set[str] = set()
+        self.checked: list[str] = []
         self.outcomes: dict[str, list[Exception | None]] = {"a": [], "b": []}
         self.asked: list[str] = []
 
@@ -83,6 +91,10 @@ class Services:
                 self.clock.advance(4)
             raise outcome
         return CaptchaSolution(f"by-{route.name}", "t", "sha")
+
+    async def down(self, route: Route) -> bool:
+        self.checked.append(route.name)
+        return route.name in self.unreachable
 
     async def pay(self) -> CaptchaSolution:
         return await self.failover.pay(self.attempt)
@@ -136,9 +148,59 @@ async def test_a_task_the_first_service_may_have_created_is_not_paid_again() -> 
     with pytest.raises(CaptchaTransientError):
         await services.pay()
     assert services.asked == ["a"]
+    # It was asked whether it is still there, and it is: its answer may still be billed.
+    assert services.checked == ["a"]
+    assert services.stat("capsolver/provider/a/unanswered_moved") == 0
     # The service is out all the same: the next tasks go elsewhere.
     assert await services.state.route_leave("a", 30.0) == "open"
     assert (await services.pay()).provider == "b"
+
+
+@pytest.mark.parametrize("lost", [LOST, RESET], ids=["never-received", "reset"])
+@pytest_twisted.ensureDeferred
+async def test_a_task_lost_with_a_service_that_went_down_moves_on_and_is_counted(
+    lost: CaptchaTransientError,
+) -> None:
+    services = Services()
+    services.unreachable = {"a"}
+    services.outcomes["a"] = [lost]
+    assert (await services.pay()).provider == "b"
+    assert services.asked == ["a", "b"] and services.checked == ["a"]
+    assert services.stat("capsolver/provider/a/unanswered_moved") == 1
+    assert services.stat("capsolver/provider/a/failovers") == 1
+    assert await services.state.route_leave("a", 30.0) == "open"
+
+
+@pytest.mark.parametrize(
+    ("policy", "failure"),
+    [({"unanswered": False}, LOST), ({}, TIMEOUT), ({}, GATEWAY_TIMEOUT)],
+    ids=["setting-off", "timeout", "504"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_task_that_may_be_billed_is_never_sent_again(
+    policy: dict[str, Any], failure: CaptchaTransientError
+) -> None:
+    services = Services(**policy)
+    services.unreachable = {"a"}
+    services.outcomes["a"] = [failure]
+    with pytest.raises(CaptchaTransientError):
+        await services.pay()
+    # The setting off, or a slow service (a timeout says nothing of the task's fate): not
+    # even a balance call to find out, however the service looks afterwards.
+    assert services.asked == ["a"] and services.checked == []
+    assert services.stat("capsolver/provider/a/unanswered_moved") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_task_on_the_last_service_is_not_checked() -> None:
+    services = Services()
+    services.unreachable = {"a", "b"}
+    services.outcomes["a"] = [REFUSED]
+    services.outcomes["b"] = [LOST]
+    with pytest.raises(CaptchaTransientError):
+        await services.pay()
+    # Nowhere left to go: the error is the request's, as with one service.
+    assert services.asked == ["a", "b"] and services.checked == []
 
 
 @pytest.mark.parametrize(("answer_errors", "asked"), [(False, ["a"]), (True, ["a", "b"])])
@@ -192,23 +254,30 @@ async def test_errors_that_are_not_the_services_are_the_requests() -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "unsent", "created"),
+    ("code", "unsent", "created", "lost"),
     [
-        ("CONNECTION_ConnectionRefusedError", True, False),
-        ("CONNECTION_DNSLookupError", True, False),
-        ("TLS_CERTIFICATE", True, False),
-        ("CONNECTION_ResponseNeverReceived", False, True),
-        ("CONNECTION_ResponseFailed", False, True),
-        ("TIMEOUT", False, True),
-        ("HTTP_504", False, True),
-        ("HTTP_503", False, False),
-        ("ERROR_SERVICE_UNAVAILABLE", False, False),
+        ("CONNECTION_ConnectionRefusedError", True, False, False),
+        ("CONNECTION_DNSLookupError", True, False, False),
+        ("TLS_CERTIFICATE", True, False, False),
+        ("CONNECTION_ResponseNeverReceived", False, True, True),
+        ("CONNECTION_ResponseFailed", False, True, True),
+        ("CONNECTION_ConnectionLost", False, True, True),
+        ("CONNECTION_TimeoutError", False, True, False),
+        ("TIMEOUT", False, True, False),
+        ("HTTP_504", False, True, False),
+        ("MALFORMED_ANSWER", False, True, False),
+        ("HTTP_503", False, False, False),
+        ("ERROR_SERVICE_UNAVAILABLE", False, False, False),
     ],
 )
-def test_which_failures_may_have_created_a_task(code: str, unsent: bool, created: bool) -> None:
+def test_which_failures_may_have_created_a_task(
+    code: str, unsent: bool, created: bool, lost: bool
+) -> None:
     error = CaptchaTransientError("x", code)
     assert (refused_before_sending(error), maybe_created(error)) == (unsent, created)
+    assert connection_lost(error) == lost
     assert not maybe_created(CaptchaTaskError("x", code))
+    assert not connection_lost(CaptchaTaskError("x", code))
 
 
 def test_no_slot_is_known_by_its_code_or_class() -> None:

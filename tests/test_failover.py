@@ -23,7 +23,7 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy.settings import Settings
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.test import get_crawler
-from servers.mock_process import MockProcess, paid_twice
+from servers.mock_process import MockProcess, answered_twice, paid_twice
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
@@ -146,19 +146,25 @@ def answered_by(spider: Any, urls: list[str]) -> set[str]:
     return {spider.solutions[url].provider for url in urls}
 
 
+@pytest.mark.parametrize("unanswered", [True, False], ids=["moved", "not-moved"])
 @pytest_twisted.ensureDeferred
 async def test_the_preferred_service_killed_mid_crawl_then_back_after_the_cooldown(
-    mocks: Callable[..., Mock], image_site: str, caplog: pytest.LogCaptureFixture
+    mocks: Callable[..., Mock],
+    image_site: str,
+    caplog: pytest.LogCaptureFixture,
+    unanswered: bool,
 ) -> None:
     caplog.set_level(logging.INFO, logger="scrapy_capsolver_ocr")
     # The preferred service takes a while per task, so that some are in flight at the kill.
-    preferred, backup = mocks("preferred", "--latency", "0.3"), mocks("backup")
+    preferred, backup = mocks("preferred", "--latency", "1"), mocks("backup")
     before, during, outage, probe, back = (
         images(image_site, phase) for phase in ("ab", "cd", "ef", "gh", "jk")
     )
 
     async def kill(spider: ScriptedSpider) -> None:
-        await sleep(0.1)
+        # Killed once it holds some of these tasks, before it answers them.
+        while preferred.received() <= len(before):
+            await sleep(0.01)
         preferred.kill()
 
     async def restart(spider: ScriptedSpider) -> None:
@@ -178,18 +184,32 @@ async def test_the_preferred_service_killed_mid_crawl_then_back_after_the_cooldo
         ended(40),
         *back,
     ]
-    crawler = await crawl(ScriptedSpider, two_services(preferred, backup), script=script)
+    settings = two_services(preferred, backup, CAPSOLVER_FAILOVER_UNANSWERED=unanswered)
+    crawler = await crawl(ScriptedSpider, settings, script=script)
     spider: Any = crawler.spider
 
     urls = before + during + outage + probe + back
-    # Every request ended exactly once; the only failures are tasks sent to the preferred
-    # service before it died, which it may have created: never paid again elsewhere.
     assert set(spider.ended) == set(urls) and set(spider.ended.values()) == {1}
-    assert set(spider.errors) <= set(during)
-    for error in spider.errors.values():
-        assert isinstance(error, CaptchaTransientError)
-    assert paid_twice(preferred, backup) == 0
-    assert len(preferred.created()) >= 10 + len(spider.errors)
+    moved = stat(crawler, "capsolver/provider/capsolver/unanswered_moved")
+    if unanswered:
+        # The tasks the preferred service held when it died went to the backup: a dead
+        # service cannot deliver their answers. Every image sent to both is such a move
+        # (a lost call may also have died before the service read it).
+        assert spider.errors == {}
+        assert moved >= 1
+        assert paid_twice(preferred, backup) <= moved
+        assert answered_by(spider, during) <= {"capsolver", failover_kinds.BACKUP}
+    else:
+        # Those tasks fail: the preferred service may have created them, and they are
+        # never paid again elsewhere.
+        assert spider.errors and set(spider.errors) <= set(during)
+        for error in spider.errors.values():
+            assert isinstance(error, CaptchaTransientError)
+        assert moved == 0
+        assert paid_twice(preferred, backup) == 0
+    # No image was answered with a solution by both services.
+    assert answered_twice(preferred, backup) == 0
+    assert len(preferred.created()) >= 10 + max(len(spider.errors), moved)
     # Before: the preferred; during the outage: the backup; back on the preferred after
     # the cool-down and one probe.
     assert answered_by(spider, before) == {"capsolver"}
@@ -211,6 +231,25 @@ async def test_the_preferred_service_killed_mid_crawl_then_back_after_the_cooldo
     assert "paid API tasks (backup " in totals and totals.endswith(" (1 outage))")
     assert stat(crawler, "capsolver/provider/backup/spent") > 0
     assert stat(crawler, "finish_reason", None) == "finished"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_service_that_timed_out_is_not_paid_twice(
+    mocks: Callable[..., Mock], image_site: str
+) -> None:
+    # Up, but slower than CAPSOLVER_TIMEOUT: its tasks may be solved and billed all the same.
+    preferred, backup = mocks("preferred", "--latency", "2"), mocks("backup")
+    urls = images(image_site, "sl", 3)
+    settings = two_services(preferred, backup, CAPSOLVER_TIMEOUT=0.3, CAPSOLVER_CHECK_BALANCE=False)
+    crawler = await crawl(RecordingSpider, settings, urls=urls)
+    spider: Any = crawler.spider
+
+    assert set(spider.errors) == set(urls)
+    for error in spider.errors.values():
+        assert isinstance(error, CaptchaTransientError) and error.error_code == "TIMEOUT"
+    assert preferred.received() == 3 and backup.created() == []
+    assert stat(crawler, "capsolver/provider/capsolver/unanswered_moved") == 0
+    assert stat(crawler, "capsolver/provider/capsolver/breaker_opened") == 1
 
 
 @pytest.mark.parametrize(

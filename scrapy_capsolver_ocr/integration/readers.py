@@ -80,6 +80,7 @@ def cloud_reader(
             cooldown=config.failover_cooldown,
             no_slot_after=config.no_slot_failover_after,
             answer_errors=config.failover_answer_errors,
+            unanswered=config.failover_unanswered,
             block_pause=config.block_pause,
         )
         routes = Failover(every, account, breakers, state, stats, failover, reactor)

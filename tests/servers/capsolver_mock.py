@@ -38,7 +38,9 @@ Control endpoints, for the tests:
 ``--calls-log PATH`` appends one JSON line per API call as it arrives (``method``, and for
 createTask the image's ``sha256``), flushed at once, so that the calls of a mock that was
 killed can still be counted; a createTask answered with an error (which creates no task)
-gets a second line with ``"refused": true``.
+gets a second line with ``"refused": true``, and one answered with its solution a line
+``{"method": "answered", "sha256": ...}`` once the answer is written (the bill of a service
+that charges an answer delivered).
 """
 
 from __future__ import annotations
@@ -290,6 +292,16 @@ class Api(resource.Resource):
         request.setHeader(b"content-type", b"application/json")
         request.write(json.dumps(answer).encode())
         request.finish()
+        if path == "createTask" and answer.get("solution"):
+            self.log_answered(body)
+
+    def log_answered(self, body: Any) -> None:
+        """A createTask answered with its solution (for ``--calls-log``)."""
+        image = image_of(body)
+        if self.state.calls_log is not None and image:
+            line = {"method": "answered", "sha256": hashlib.sha256(image).hexdigest()}
+            self.state.calls_log.write(json.dumps(line) + "\n")
+            self.state.calls_log.flush()
 
     def log_refused(self, path: str, body: Any) -> None:
         """A createTask answered with an error: it created no task (for ``--calls-log``)."""

@@ -48,6 +48,11 @@ class MockProcess:
         created.subtract(str(c["sha256"]) for c in calls if c.get("refused"))
         return sorted(created.elements())
 
+    def answered(self) -> list[str]:
+        """The image digest of every createTask it answered with a solution (written out
+        before it died): what a service billing an answer delivered charges."""
+        return sorted(str(c["sha256"]) for c in self._calls() if c["method"] == "answered")
+
     def received(self) -> int:
         """createTask calls it received, refused ones included."""
         return sum(1 for c in self._calls() if c["method"] == "createTask" and not c.get("refused"))
@@ -56,4 +61,11 @@ class MockProcess:
 def paid_twice(*mocks: MockProcess) -> int:
     """Images whose createTask was paid more than once, over every service."""
     counts = Counter(sha for mock in mocks for sha in mock.created())
+    return sum(1 for count in counts.values() if count > 1)
+
+
+def answered_twice(*mocks: MockProcess) -> int:
+    """Images whose createTask was answered with a solution by more than one service (or
+    twice by one), over every service."""
+    counts = Counter(sha for mock in mocks for sha in mock.answered())
     return sum(1 for count in counts.values() if count > 1)

@@ -13,9 +13,14 @@ outage of the service, not a fault of the image):
 - an account error: zero balance, a refused key, a banned IP or key (this service's
   account only: the crawl closes only when every service's account is out).
 
-A task whose call may have created a task (sent, then no answer: a timeout, a connection
-lost while waiting) is never paid on another service: it fails as it always did (retried on
-the same service, then its errback), so that no image is paid twice. Answer errors
+A task whose call may have created a task (sent, then no answer: a timeout, a gateway
+timeout, an answer without ``errorId``) is never paid on another service: it fails as it
+always did (its errback), so that no image is paid twice. One exception, a service that went
+down rather than a slow one (``CAPSOLVER_FAILOVER_UNANSWERED``, on by default): a call whose
+connection was lost (closed or reset, not timed out) moves on when a balance call then finds
+the service unreachable; a dead service cannot deliver the answer, and these services bill
+an answer delivered. Each such move is counted in
+``capsolver/provider/<name>/unanswered_moved``. Answer errors
 (unsolvable, image refused) are the image's: they fail the request unless
 ``CAPSOLVER_FAILOVER_ANSWER_ERRORS`` is on. When every breaker is open, a task goes to the
 first service it has not tried, as a crawl with one service would.
@@ -24,7 +29,7 @@ first service it has not tried, as a crawl with one service would.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
@@ -49,8 +54,10 @@ from .routes import (
     Route,
     RouteOpened,
     Sending,
+    connection_lost,
     maybe_created,
     refused_before_sending,
+    unreachable,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,6 +85,9 @@ class FailoverPolicy:
     no_slot_after: float = 30.0
     #: ``CAPSOLVER_FAILOVER_ANSWER_ERRORS``: pay the next service for an unsolvable image.
     answer_errors: bool = False
+    #: ``CAPSOLVER_FAILOVER_UNANSWERED``: a task whose connection died with an unreachable
+    #: service moves on.
+    unanswered: bool = True
     #: ``CAPSOLVER_BLOCK_PAUSE``: a blocked service is left alone at least this long.
     block_pause: float = 300.0
 
@@ -94,6 +104,8 @@ class Failover:
         stats: StatsCollector,
         policy: FailoverPolicy,
         reactor: object,
+        *,
+        down: Callable[[Route], Awaitable[bool]] = unreachable,
     ) -> None:
         self.all = routes
         self._account = account
@@ -102,6 +114,8 @@ class Failover:
         self._stats = stats
         self._policy = policy
         self._reactor = reactor
+        # Whether a service cannot be reached now (a call that creates nothing refused).
+        self._down = down
         self._slots = {
             route.name: DeferredSemaphore(route.concurrency)
             for route in routes
@@ -146,9 +160,14 @@ class Failover:
                 elif kind == "answer" and probe:
                     await self._breakers.close(route)  # it answered: it is up
                 moves = kind == "outage" or (kind == "answer" and self._policy.answer_errors)
-                # A task the first service may have created is never paid a second time.
-                if not moves or sending.maybe_created or len(tried) + 1 == len(self.all):
+                if not moves or len(tried) + 1 == len(self.all):
                     raise
+                # A task the first service may have created is never paid a second time,
+                # unless that service died with the task's connection.
+                if sending.maybe_created:
+                    if not await self._unanswered(route, exc):
+                        raise
+                    sending.maybe_created = False
                 self._stats.inc_value(provider_stat(route, "failovers"))
                 tried.append(route)
                 continue
@@ -157,6 +176,23 @@ class Failover:
                 self._open_here.pop(route.name, None)
             self._out.pop(route.name, None)
             return replace(solution, provider=route.name)
+
+    async def _unanswered(self, route: Route, exc: CaptchaSolveError) -> bool:
+        """Whether a task whose call on ``route`` may have created it moves on all the same:
+        its connection died (not a timeout) and the service is unreachable now, so it cannot
+        deliver that answer. Counted: the service may have billed it if it solved it."""
+        if not self._policy.unanswered or not connection_lost(exc):
+            return False
+        if not await self._down(route):
+            return False
+        self._stats.inc_value(provider_stat(route, "unanswered_moved"))
+        logger.info(
+            "A captcha task lost with %s's connection goes to the next service "
+            "(%s is unreachable; it cannot deliver that answer)",
+            route.name,
+            route.name,
+        )
+        return True
 
     async def _out_of_service(self, route: Route, exc: CaptchaSolveError) -> None:
         """``route`` had an outage: counted, and its breaker opened (in the state, and

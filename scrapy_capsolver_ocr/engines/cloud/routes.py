@@ -48,6 +48,39 @@ def refused_before_sending(exc: Exception) -> bool:
     return isinstance(exc, CaptchaTransientError) and exc.error_code in _UNSENT_TRANSPORT
 
 
+#: Transport failures of a call that was sent and whose connection then died (closed or
+#: reset by the other end before the whole answer came): not a timeout, not an answer.
+_LOST_CONNECTION = frozenset(
+    {
+        "CONNECTION_ResponseNeverReceived",
+        "CONNECTION_ResponseFailed",
+        "CONNECTION_RequestTransmissionFailed",
+        "CONNECTION_ConnectionLost",
+        "CONNECTION_ConnectionDone",
+        "CONNECTION_ConnectionAborted",
+    }
+)
+
+
+def connection_lost(exc: Exception) -> bool:
+    """The call was sent and its connection died before the answer: the service may have
+    created a task, or the process holding it may have died with the connection (which
+    :func:`unreachable` tells apart). A timeout, a gateway timeout or a broken answer came
+    from a service that is still there: not this."""
+    return isinstance(exc, CaptchaTransientError) and exc.error_code in _LOST_CONNECTION
+
+
+async def unreachable(route: Route) -> bool:
+    """Whether ``route``'s service cannot be reached now: a call that creates nothing (its
+    balance) never gets to it (connection refused, no route). A service that answers, even
+    with an error, or that is only slow, is reachable."""
+    try:
+        await route.api.call(*route.provider.balance_call())
+    except CaptchaSolveError as exc:
+        return refused_before_sending(exc)
+    return False
+
+
 def maybe_created(exc: Exception) -> bool:
     """The call may have created a task the service bills: it was sent and no answer
     came back (a timeout, a connection lost before or while answering, an answer too large
