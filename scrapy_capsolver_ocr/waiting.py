@@ -12,13 +12,16 @@ from twisted.internet.task import deferLater
 T = TypeVar("T")
 
 
-async def take(semaphore: DeferredSemaphore, reactor: Any) -> None:
-    """Acquire ``semaphore``. A caller that had to wait resumes in a reactor turn of its
-    own: under the epoll reactor a Deferred fires its callbacks at once, so when solving
-    stops, each waiter would fail, release, and wake the next one inside its own stack, until
-    a long queue overflows it."""
+async def take(semaphore: DeferredSemaphore, reactor: Any, *, first: bool = False) -> None:
+    """Acquire ``semaphore``; with ``first``, ahead of everyone already waiting. A caller
+    that had to wait resumes in a reactor turn of its own: under the epoll reactor a Deferred
+    fires its callbacks at once, so when solving stops, each waiter would fail, release, and
+    wake the next one inside its own stack, until a long queue overflows it."""
     acquiring: Deferred[Any] = semaphore.acquire()
     if not acquiring.called:
+        if first:  # ``waiting`` is the semaphore's public FIFO of pending acquires
+            semaphore.waiting.remove(acquiring)
+            semaphore.waiting.insert(0, acquiring)
         acquiring.addCallback(lambda token: deferLater(reactor, 0, lambda: token))
     await maybe_deferred_to_future(acquiring)
 

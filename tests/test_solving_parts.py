@@ -12,7 +12,9 @@ import pytest
 from scrapy import Spider
 from scrapy.crawler import Crawler
 from scrapy.statscollectors import MemoryStatsCollector
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from test_state import on_reactor
+from twisted.internet.task import deferLater
 
 from scrapy_capsolver_ocr import CaptchaAccountError, CaptchaBudgetError, CaptchaOptionsError
 from scrapy_capsolver_ocr.api.capsolver import error_for_code
@@ -235,6 +237,32 @@ async def test_the_budget_stops_paying_and_says_which_setting() -> None:
         async with account.paid_call():
             raise AssertionError("over the budget")
     assert reasons == ["capsolver_max_tasks"] and account.calls_made == 1
+
+
+@on_reactor
+async def test_a_call_asking_to_go_first_is_served_before_the_queue() -> None:
+    # A probe of a service that was out must not wait behind every task queued meanwhile.
+    account = Account(
+        AccountLimits(concurrency=1),
+        MemoryState(StateLimits()),
+        stats(),
+        print,
+        installed_reactor(),
+    )
+    served: list[str] = []
+
+    async def call(name: str, first: bool = False) -> None:
+        async with account.paid_call(first=first):
+            served.append(name)
+
+    async with account.paid_call():
+        queued = [deferred_from_coro(call(f"queued {n}")) for n in range(3)]
+        probe = deferred_from_coro(call("probe", first=True))
+        for _ in range(5):  # a few reactor turns: every call is queued for the slot
+            await maybe_deferred_to_future(deferLater(installed_reactor(), 0, lambda: None))
+    for waiting in [*queued, probe]:
+        await maybe_deferred_to_future(waiting)
+    assert served == ["probe", "queued 0", "queued 1", "queued 2"]
 
 
 class FixedEngine:

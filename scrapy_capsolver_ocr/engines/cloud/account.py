@@ -107,13 +107,14 @@ class Account:
 
     @asynccontextmanager
     async def paid_call(
-        self, still_wanted: Callable[[], None] = lambda: None
+        self, still_wanted: Callable[[], None] = lambda: None, *, first: bool = False
     ) -> AsyncIterator[CallTicket]:
         """Leave for one paid call, held for the ``async with`` block; counted in
-        ``calls_made``. Waits for a slot, a pause to end and the balance read at start;
-        ``still_wanted()`` is asked once a slot is free, before the budget counts the call
-        (it raises when the call should not be made after all)."""
-        ticket = await self._leave(still_wanted)
+        ``calls_made``. Waits for a slot (with ``first``, ahead of the calls already
+        waiting), a pause to end and the balance read at start; ``still_wanted()`` is asked
+        once a slot is free, before the budget counts the call (it raises when the call
+        should not be made after all)."""
+        ticket = await self._leave(still_wanted, first)
         try:
             self.calls_made += 1
             yield ticket
@@ -121,12 +122,12 @@ class Account:
             await quietly(self._stats, self._state.end_call(ticket), "give a permit back")
             self._slots.release()
 
-    async def _leave(self, still_wanted: Callable[[], None]) -> CallTicket:
+    async def _leave(self, still_wanted: Callable[[], None], first: bool) -> CallTicket:
         """A concurrency slot and the state's leave for one call, at a moment when sending
         is allowed: a pause, a close or the end of solving may begin while waiting."""
         while True:
             await self._wait_until_allowed()
-            await take(self._slots, self._reactor)
+            await take(self._slots, self._reactor, first=first)
             try:
                 self.raise_if_stopped()
                 still_wanted()

@@ -120,7 +120,10 @@ class CloudReader:
     ) -> dict[str, Any]:
         """One paid task on ``route``, run to its answer, with the account's leave."""
         wanted = partial(self.routes.still_wanted, route, sending)
-        async with self.routes.slot(route), self.account.paid_call(wanted) as ticket:
+        # A probe of a service that was out goes ahead of the tasks queued for the others:
+        # behind them, the return to the preferred service would wait for the whole queue.
+        first = sending.probe
+        async with self.routes.slot(route), self.account.paid_call(wanted, first=first) as ticket:
             self._stats.inc_value("capsolver/task_count")
             self.routes.calling(route)
             try:
