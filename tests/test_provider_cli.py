@@ -230,6 +230,7 @@ def test_providers_lists_the_projects_services_in_order(ocr_url: str, tmp_path: 
     assert len(lines) == 11
 
 
+@pytest.mark.asyncio_reactor  # the breaker is opened through this process's fleet state
 @on_reactor
 async def test_providers_json_reads_breakers_from_the_fleets_redis(
     ocr_url: str, tmp_path: Path, redis_url: str
@@ -301,3 +302,25 @@ def test_providers_refuses_a_projects_bad_setting_in_one_line(tmp_path: Path) ->
     result = run_providers(cwd)
     line = one_line_error(result, "providers")
     assert "CAPSOLVER_PROVIDERS entry 1: unknown provider name 'deathbycaptcha'" in line
+
+
+def test_providers_says_when_the_plugin_is_off_in_the_project(tmp_path: Path) -> None:
+    line = one_line_error(run_providers(project(tmp_path, CAPSOLVER_ENABLED=False)), "providers")
+    assert line.endswith("the plugin is off in this project: CAPSOLVER_ENABLED is False")
+
+
+def test_providers_text_says_each_breaker_state() -> None:
+    from scrapy_capsolver_ocr.cli.provider_commands import Breaker, ServiceStatus, text
+
+    service = ServiceStatus("capsolver", "http://127.0.0.1:9", "ApiKey('...CRET')", 1.5)
+    service.breakers = [
+        Breaker.from_open_for("shop", 41.23),
+        Breaker.from_open_for("news", 0.0),
+        Breaker.from_open_for("jobs", None),
+    ]
+    lines = text([service], "project", "").splitlines()
+    assert lines[4] == (
+        "   breaker: cooling down for 41.2 s (fleet shop); probing (fleet news); "
+        "healthy (fleet jobs)"
+    )
+    assert lines[5] == "   balance: 1.5000 USD"

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from scrapy.exceptions import NotConfigured
 from scrapy.settings import BaseSettings, Settings
 
 from ..checks import redact_url
@@ -84,7 +85,7 @@ def configured(env: dict[str, str] | None = None) -> tuple[SolverSettings, str]:
         return SolverSettings.from_settings(settings), source
     except ValueError as exc:
         raise api_commands.CommandError(str(exc)) from None
-    except Exception as exc:  # NotConfigured: CAPSOLVER_ENABLED is False
+    except NotConfigured as exc:  # CAPSOLVER_ENABLED is False
         raise api_commands.CommandError(f"the plugin is off in this project: {exc}") from None
 
 
