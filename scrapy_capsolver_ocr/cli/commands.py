@@ -89,7 +89,9 @@ def _add_providers(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         default=os.environ.get(REDIS_URL_ENV),
         help=f"the fleet's Redis (default: ${REDIS_URL_ENV}, else the project's setting)",
     )
-    providers.add_argument("--fleet", help="the fleet's name (default: every fleet)")
+    providers.add_argument(
+        "--fleet", help="the fleet's name (default: CAPSOLVER_FLEET, else every fleet)"
+    )
     providers.add_argument(
         "--timeout",
         type=_seconds,
@@ -182,13 +184,14 @@ def _read_breakers(
     from . import provider_commands
 
     names = [entry.name for entry in config.providers]
+    fleet = args.fleet or config.fleet
     # The project's Sentinel or Cluster settings go with the project's URL only.
     own = not args.redis_url
     try:
         into.update(
             fleet_commands.run(
                 redis_url,
-                lambda redis: provider_commands.read_breakers(redis, args.fleet, names),
+                lambda redis: provider_commands.read_breakers(redis, fleet, names),
                 sentinels=config.redis_sentinels if own else (),
                 cluster=config.redis_cluster and own,
             )
