@@ -10,12 +10,18 @@ the demo site is started.
     python example_project/run_demo.py [--logins 5] [--digits] [--browser] [--spider NAME]
                                        [--local-first]
     python example_project/run_demo.py --fleet 3 [--logins 12] [--redis-url URL]
+    python example_project/run_demo.py --failover [--logins 30] [--outage 1.5]
 
 ``--local-first`` reads each captcha on this machine first (``CAPSOLVER_LOCAL_OCR``) and
 sends only the ones it is not sure of to the API (the local OCR server standing in for
 CapSolver, or CapSolver itself with a key); the summary says how many were free.
 ``--fleet N`` runs the fleet example instead: N ``scrapy crawl fleet_login`` processes share
 login jobs from a scrapy-redis queue and one captcha budget (``fleet_demo.py``).
+``--failover`` starts two local OCR servers, one answering CapSolver's dialect and one
+Anti-Captcha's (at ``/anticaptcha/``), lists both in ``CAPSOLVER_PROVIDERS``, kills the
+preferred one partway through the crawl and starts it again ``--outage`` seconds later; the
+summary shows the calls and answers of each service and when tasks moved back
+(``failover_demo.py``).
 
 ``bash scripts/demo.sh`` sets up a virtual environment and runs this.
 """
@@ -36,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +64,8 @@ PATTERNS = {
     "page_login": "page mode, injection, captcha_retry_if",
     "browser_login": "Playwright page, element screenshot",
 }
+#: --failover's logins per spider: the crawl lasts past the outage, so the return shows.
+FAILOVER_LOGINS = 30
 #: The spiders that need scrapy-playwright and a Chromium: run with --browser.
 BROWSER_SPIDERS = ("browser_login",)
 #: Scrapy's start-up lines (versions, settings, middlewares...), hidden unless --verbose.
@@ -181,6 +189,8 @@ class Summary:
     local_first: bool = False
     seconds: float = 0.0
     spiders: dict[str, SpiderResult] = field(default_factory=dict)
+    #: --failover: each service's calls and answers, and the outage's moments.
+    failover: dict[str, Any] | None = None
 
     @property
     def logins(self) -> int:
@@ -192,10 +202,15 @@ class Summary:
 
 
 def crawl(
-    spiders: Sequence[str], logins: int, overrides: dict[str, Any], verbose: bool
+    spiders: Sequence[str],
+    logins: int,
+    overrides: dict[str, Any],
+    verbose: bool,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``spiders`` side by side with the project's settings plus ``overrides``; return
-    each spider's crawler once all have finished."""
+    each spider's crawler once all have finished. ``on_start`` gets the crawlers just before
+    the crawl starts."""
     sys.path.insert(0, str(PROJECT_DIR))
     from scrapy.crawler import CrawlerProcess
     from scrapy.settings import Settings
@@ -213,6 +228,8 @@ def crawl(
         crawler = process.create_crawler(name)
         process.crawl(crawler, logins=logins)
         crawlers[name] = crawler
+    if on_start is not None:
+        on_start(crawlers)
     process.start()
     return crawlers
 
@@ -248,7 +265,9 @@ def spider_result(name: str, crawler: Any) -> SpiderResult:
 
 
 def print_summary(summary: Summary) -> None:
-    if summary.solver == "local":
+    if summary.failover is not None:
+        solver = f"{summary.api_url} (ddddocr on this machine, no account)"
+    elif summary.solver == "local":
         solver = f"local OCR server at {summary.api_url} (ddddocr on this machine, no account)"
     else:
         spent = sum(result.spent_usd for result in summary.spiders.values())
@@ -300,6 +319,10 @@ def print_summary(summary: Summary) -> None:
             f"API{stand_in if summary.solver == 'local' else ''}: "
             f"{_share(local, local + paid)} of the paid calls saved."
         )
+    if summary.failover is not None:
+        from failover_demo import failover_lines
+
+        print("\n".join(failover_lines(summary.failover)))
     fleet = [r.fleet_api_tasks for r in summary.spiders.values() if r.fleet_api_tasks is not None]
     if fleet:
         own = ", ".join(str(result.api_tasks) for result in summary.spiders.values())
@@ -322,7 +345,12 @@ def _share(part: int, whole: int) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--logins", type=int, default=5, help="logins per spider (default: 5)")
+    parser.add_argument(
+        "--logins",
+        type=int,
+        help="logins per spider (default: 5; with --failover 30, so that the crawl outlasts "
+        "the outage)",
+    )
     parser.add_argument(
         "--spider",
         action="append",
@@ -357,14 +385,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--redis-url", help="the fleet's Redis (default: a redis-server of the demo's own)"
     )
+    parser.add_argument(
+        "--failover",
+        action="store_true",
+        help="two local OCR servers in CAPSOLVER_PROVIDERS (CapSolver's and Anti-Captcha's "
+        "dialects); the preferred one is killed partway through the crawl, then started again",
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=1.5,
+        metavar="SECONDS",
+        help="--failover: how long the preferred server stays down (default: 1.5)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="OCR threads (default: 2)")
     parser.add_argument("--summary-json", type=Path, help="also write the summary here")
     parser.add_argument("-v", "--verbose", action="store_true", help="Scrapy's whole log")
     args = parser.parse_args(argv)
+    if args.logins is None:
+        args.logins = FAILOVER_LOGINS if args.failover else 5
     if args.logins < 1:
         parser.error("--logins must be at least 1")
     if args.fleet < 0 or (args.fleet and (args.spider or args.browser)):
         parser.error("--fleet N runs N fleet_login processes: give no --spider or --browser")
+    if args.failover and (args.fleet or args.local_first):
+        parser.error("--failover runs on its own: give no --fleet or --local-first")
+    if args.outage <= 0:
+        parser.error("--outage must be more than 0")
     return args
 
 
@@ -406,7 +453,14 @@ def run(args: argparse.Namespace, logs: Path) -> Summary:
         site = servers.enter_context(running("demo site", site_argv, logs / "demo_site.log"))
         overrides["DEMO_SITE_URL"] = site.url
         print(f"Demo site:        {site.url}  (log in as demo / demo)", flush=True)
-        if cloud_key:
+        outage = None
+        if args.failover:
+            from failover_demo import FailoverServers
+
+            solver = "local"
+            outage = servers.enter_context(FailoverServers(args, logs, running, overrides))
+            api_url = outage.describe()
+        elif cloud_key:
             solver = "cloud"
             api_url = os.environ.get("CAPSOLVER_API_URL") or "https://api.capsolver.com"
             print(f"Captcha solving:  {api_url}, with the key in CAPSOLVER_API_KEY", flush=True)
@@ -426,12 +480,15 @@ def run(args: argparse.Namespace, logs: Path) -> Summary:
             print(
                 f"Local OCR server: {api_url}  (no CAPSOLVER_API_KEY: solving locally)", flush=True
             )
+        failover = None
         if args.fleet:
             results = fleet(args, overrides, logs, servers)
         else:
             print(f"Crawling: {', '.join(spiders)}, {args.logins} logins each\n", flush=True)
-            crawlers = crawl(spiders, args.logins, overrides, args.verbose)
+            watch = outage.watch if outage is not None else None
+            crawlers = crawl(spiders, args.logins, overrides, args.verbose, watch)
             results = {name: spider_result(name, crawler) for name, crawler in crawlers.items()}
+            failover = outage.summary(crawlers) if outage is not None else None
     return Summary(
         solver=solver,
         api_url=api_url,
@@ -440,6 +497,7 @@ def run(args: argparse.Namespace, logs: Path) -> Summary:
         local_first=args.local_first,
         seconds=round(time.perf_counter() - started, 2),
         spiders=results,
+        failover=failover,
     )
 
 

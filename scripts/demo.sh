@@ -3,13 +3,14 @@
 # server, with no account and no internet beyond installing packages.
 #
 #   bash scripts/demo.sh [--logins N] [--digits] [--browser] [--spider NAME] [--local-first]
-#                        [--fleet N] [-v]
+#                        [--fleet N] [--failover] [-v]
 #
 # Sets up .venv (Python 3.10+; reused when present), then runs example_project/run_demo.py,
 # which starts the servers on free loopback ports, crawls, prints a summary and stops the
 # servers. With CAPSOLVER_API_KEY set, captchas go to CapSolver's cloud instead. With
 # --local-first each captcha is read on this machine first, and only the ones the engine is
-# not sure of go to the API.
+# not sure of go to the API. With --failover two local servers stand in for two services and
+# the preferred one is killed partway through the crawl, then started again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

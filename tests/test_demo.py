@@ -181,3 +181,50 @@ def test_fleet_demo_processes_share_the_login_jobs_and_one_budget(
     fleet_tasks = {spider["fleet_api_tasks"] for spider in processes.values()}
     assert max(fleet_tasks) == sum(spider["api_tasks"] for spider in processes.values())
     assert "One fleet, one budget" in result.stdout
+
+
+def test_failover_demo_moves_to_the_backup_and_ends_every_login(tmp_path: Path) -> None:
+    pytest.importorskip("ddddocr", reason='the OCR extra: pip install ".[ocr]"')
+    # --digits: answers the site accepts, so logins end quickly either way.
+    result, summary = run_demo(tmp_path, "--failover", "--logins", "12", "--digits")
+    assert result.returncode == 0, result.stderr[-3000:]
+    failover = summary["failover"]
+    capsolver, anticaptcha = (failover["services"][name] for name in ("capsolver", "anticaptcha"))
+    assert capsolver["url"].startswith("http://127.0.0.1:")
+    assert anticaptcha["url"].endswith("/anticaptcha")
+    # The preferred server answered until it was killed, then the backup answered.
+    assert capsolver["answers"] >= failover["answers_before_outage"] == 3
+    assert anticaptcha["answers"] > 0
+    assert failover["moments"]["killed"] < failover["moments"]["first_backup_answer"]
+    answered = capsolver["answers"] + anticaptcha["answers"]
+    spiders = summary["spiders"].values()
+    assert answered == sum(spider["captchas_solved"] for spider in spiders)
+    # Every login ended: logged in, or given up with the reason (a task lost in the outage).
+    for spider in spiders:
+        assert spider["finish_reason"] == "finished"
+        assert spider["logins"] == 12
+        for record in spider["records"].values():
+            assert record["succeeded"] is not None, record
+            assert record["succeeded"] or record["error"], record
+    assert "== Demo summary" in result.stdout
+    assert "capsolver killed at" in result.stdout
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert ["1.", "capsolver", str(capsolver["calls"]), "calls"] == lines_starting(lines, "1.")
+    assert ["2.", "anticaptcha", str(anticaptcha["calls"]), "calls"] == lines_starting(lines, "2.")
+
+
+def lines_starting(lines: list[list[str]], first: str) -> list[str]:
+    [line] = [words for words in lines if words[:1] == [first]]
+    return line[:4]
+
+
+def test_failover_demo_refuses_other_modes(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(RUN_DEMO), "--failover", "--fleet", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--failover runs on its own" in result.stderr

@@ -1,7 +1,7 @@
 """Real crawls solving through Anti-Captcha's, CapMonster Cloud's and 2Captcha's dialects:
 the bundled OCR server on 127.0.0.1 answers each under its prefix (tests/servers/
-embedded_ocr_server.py reads the answers the test sites embed), and the crawl's provider is
-the registry's, as test_providers.py makes it."""
+embedded_ocr_server.py reads the answers the test sites embed), and each crawl names its
+service as a user does: the one entry of CAPSOLVER_PROVIDERS."""
 
 from __future__ import annotations
 
@@ -26,9 +26,7 @@ from scrapy_capsolver_ocr import (
     CaptchaTaskError,
     CaptchaTransientError,
 )
-from scrapy_capsolver_ocr.api.registry import PROVIDER_KINDS
 from scrapy_capsolver_ocr.errors import CLOSE_BAD_KEY
-from scrapy_capsolver_ocr.integration import readers
 from scrapy_capsolver_ocr.server.app import LOCAL_BALANCE
 
 DIALECTS = ("anticaptcha", "capmonster", "2captcha")
@@ -55,24 +53,29 @@ def ocr_url() -> Iterator[str]:
         yield url
 
 
-class Through:
-    """Makes a crawl's provider the registry's ``name``, with an entry's ``options``."""
+def through_entry(name: str, url: str, **extra: Any) -> dict[str, Any]:
+    """A crawl's settings naming service ``name`` at ``url`` as its one
+    ``CAPSOLVER_PROVIDERS`` entry, as a user configures it; ``CAPSOLVER_API_KEY`` in
+    ``extra`` is the entry's key (default: the tests' key)."""
+    key = extra.pop("CAPSOLVER_API_KEY", API_KEY)
+    options = extra.pop("options", None) or {}
+    entry = {"name": name, "api_key": key, "api_url": url, "options": options}
+    return solver_settings(None, CAPSOLVER_PROVIDERS=[entry], CAPSOLVER_POLL_INTERVAL=0.01, **extra)
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-        self._monkeypatch = monkeypatch
+
+class Through:
+    """A crawl's settings through the bundled server's dialect ``name``."""
+
+    def __init__(self, url: str) -> None:
         self._url = url
 
     def settings(self, name: str, options: dict[str, Any] | None = None, **extra: Any) -> Any:
-        provider = PROVIDER_KINDS[name].build(options or {}, None)
-        self._monkeypatch.setattr(readers, "provider_for", lambda config: provider)
-        return solver_settings(
-            None, CAPSOLVER_API_URL=f"{self._url}/{name}", CAPSOLVER_POLL_INTERVAL=0.01, **extra
-        )
+        return through_entry(name, f"{self._url}/{name}", options=options, **extra)
 
 
 @pytest.fixture
-def through(monkeypatch: pytest.MonkeyPatch, ocr_url: str) -> Through:
-    return Through(monkeypatch, ocr_url)
+def through(ocr_url: str) -> Through:
+    return Through(ocr_url)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -200,7 +203,6 @@ async def test_a_refused_key_closes_the_crawl_naming_the_variable_and_never_the_
 
 
 async def scripted_crawl(
-    monkeypatch: pytest.MonkeyPatch,
     name: str,
     url: str,
     *,
@@ -213,12 +215,8 @@ async def scripted_crawl(
     called with, in order."""
     argv = [str(SERVERS / "scripted_dialect.py"), "--key", API_KEY]
     argv += ["--create-errors", create_errors, "--poll-errors", poll_errors]
-    provider = PROVIDER_KINDS[name].build({}, None)
-    monkeypatch.setattr(readers, "provider_for", lambda config: provider)
     with running_server(argv) as server:
-        settings = solver_settings(
-            None, CAPSOLVER_API_URL=server, CAPSOLVER_POLL_INTERVAL=0.01, **extra
-        )
+        settings = through_entry(name, server, **extra)
         crawler = await crawl(RecordingSpider, settings, urls=[url])
         calls = await treq.get(f"{server}/_calls", timeout=10)
         methods: list[str] = await calls.json()
@@ -227,12 +225,12 @@ async def scripted_crawl(
 
 @pytest_twisted.ensureDeferred
 async def test_no_slot_is_retried_with_backoff_then_solved(
-    monkeypatch: pytest.MonkeyPatch, image_site: str
+    image_site: str,
 ) -> None:
     url = f"{image_site}/captcha/ab12.png"
     no_slot_twice = "ERROR_NO_SLOT_AVAILABLE,ERROR_NO_SLOT_AVAILABLE"
     crawler, calls = await scripted_crawl(
-        monkeypatch, "anticaptcha", url, create_errors=no_slot_twice, CAPSOLVER_MAX_RETRIES=3
+        "anticaptcha", url, create_errors=no_slot_twice, CAPSOLVER_MAX_RETRIES=3
     )
     assert recorded(crawler).texts == {url: "ab12"}
     assert calls.count("createTask") == 3
@@ -241,12 +239,12 @@ async def test_no_slot_is_retried_with_backoff_then_solved(
 
 @pytest_twisted.ensureDeferred
 async def test_no_slot_through_every_retry_reaches_the_errback_as_no_slot(
-    monkeypatch: pytest.MonkeyPatch, image_site: str
+    image_site: str,
 ) -> None:
     url = f"{image_site}/captcha/ab12.png"
     no_slot = ",".join(["ERROR_NO_SLOT_AVAILABLE"] * 3)
     crawler, calls = await scripted_crawl(
-        monkeypatch, "2captcha", url, create_errors=no_slot, CAPSOLVER_MAX_RETRIES=1
+        "2captcha", url, create_errors=no_slot, CAPSOLVER_MAX_RETRIES=1
     )
     error = recorded(crawler).errors[url]
     assert type(error) is CaptchaNoSlotError
@@ -258,11 +256,11 @@ async def test_no_slot_through_every_retry_reaches_the_errback_as_no_slot(
 
 @pytest_twisted.ensureDeferred
 async def test_capmonster_asking_to_wait_is_polled_again_not_created_again(
-    monkeypatch: pytest.MonkeyPatch, image_site: str
+    image_site: str,
 ) -> None:
     url = f"{image_site}/captcha/ab12.png"
     crawler, calls = await scripted_crawl(
-        monkeypatch, "capmonster", url, poll_errors="CAPTCHA_NOT_READY,ERROR_TOO_MUCH_REQUESTS"
+        "capmonster", url, poll_errors="CAPTCHA_NOT_READY,ERROR_TOO_MUCH_REQUESTS"
     )
     assert recorded(crawler).texts == {url: "ab12"}
     assert calls.count("createTask") == 1

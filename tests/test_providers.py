@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from captcha_spiders import ITEMS, PageLoginSpider
-from conftest import API_KEY, SERVERS
+from conftest import API_KEY, SERVERS, closed_port_url
 from crawling import RecordingSpider, crawl, solver_settings, stat
 from servers.process import running_server
 
@@ -262,3 +262,38 @@ async def test_wrong_answers_are_reported_to_that_service_its_way(
     assert all(isinstance(r["taskId"], int) for r in reports)
     assert len({r["taskId"] for r in reports}) == 2
     assert stat(crawler, "capsolver/feedback_sent") == 2
+
+
+# A missing key names the service's own variable
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("capsolver", "No CapSolver API key: set the CAPSOLVER_API_KEY setting or environment"),
+        (
+            "anticaptcha",
+            "No Anti-Captcha API key: give its CAPSOLVER_PROVIDERS entry ('anticaptcha') an "
+            "api_key or set the ANTICAPTCHA_API_KEY environment variable.",
+        ),
+        ("capmonster", "No CapMonster Cloud API key: give its CAPSOLVER_PROVIDERS entry "),
+        ("2captcha", "or set the TWOCAPTCHA_API_KEY environment variable."),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_call_without_a_key_names_where_that_services_key_goes(
+    name: str, says: str
+) -> None:
+    from scrapy_capsolver_ocr.api.client import ApiClient
+    from scrapy_capsolver_ocr.api.registry import PROVIDER_KINDS
+
+    errors = PROVIDER_KINDS[name].build({}, None).errors
+    # Refused before any connection: nothing listens at this URL.
+    client = ApiClient(errors, closed_port_url(), None, 1.0, 1)
+    with pytest.raises(CaptchaAccountError) as raised:
+        await client.call("getBalance", {})
+    assert says in str(raised.value)
+    assert (raised.value.error_code, raised.value.close_reason) == ("MISSING_KEY", CLOSE_BAD_KEY)
+    # Only the service's own variable is named.
+    others = [k.key_variable for k in PROVIDER_KINDS.values() if k.name != name]
+    assert not any(variable in str(raised.value) for variable in others)

@@ -123,9 +123,28 @@ def _tls_refusal(exc: Exception) -> str:
     return ""
 
 
-def missing_key_error() -> CaptchaAccountError:
+def missing_key_error(service: str = "CapSolver") -> CaptchaAccountError:
+    """The error of a call to ``service`` (its name in messages, as its error table says
+    it) without a key: names where that service's own key is set."""
+    # The registry sits above this module (its services import the client's neighbours).
+    from .registry import PROVIDER_KINDS
+
+    kind = next(
+        (k for k in PROVIDER_KINDS.values() if k.build({}, None).errors.service == service),
+        PROVIDER_KINDS["capsolver"],
+    )
+    if kind.name == "capsolver":
+        where = (
+            "set the CAPSOLVER_API_KEY setting or environment variable (or the api_key of "
+            "its CAPSOLVER_PROVIDERS entry)"
+        )
+    else:
+        where = (
+            f"give its CAPSOLVER_PROVIDERS entry ({kind.name!r}) an api_key or set the "
+            f"{kind.key_variable} environment variable"
+        )
     return CaptchaAccountError(
-        "No CapSolver API key: set the CAPSOLVER_API_KEY setting or environment variable.",
+        f"No {service} API key: {where}.",
         error_code="MISSING_KEY",
         close_reason=CLOSE_BAD_KEY,
     )
@@ -176,7 +195,7 @@ class ApiClient:
         never paid for.
         """
         if self.api_key is None:
-            raise missing_key_error()
+            raise missing_key_error(self._service)
         try:
             return await self._call(method, payload)
         except CaptchaTransientError as exc:

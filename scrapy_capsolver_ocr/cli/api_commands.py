@@ -7,9 +7,10 @@ checks, retries, error classification), run on a Twisted reactor with
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from scrapy import Spider
@@ -103,23 +104,61 @@ def run(name: str, config: SolverSettings, command: Command) -> int:
 
     Returns the exit status: 0, or 1 when the command failed.
     """
-    from twisted.internet.task import react
 
     async def main(reactor: Any) -> None:
-        # The solver counts into Scrapy stats; a command has no crawl, so a throwaway collector.
-        stats = MemoryStatsCollector(Crawler(Spider))
-        # One call in one process: nothing to share with a fleet.
-        state = MemoryState(state_limits(config))
-        cloud = readers.cloud_reader(config, stats, state, on_fatal=lambda reason: None)
-        solver = CaptchaSolver(config, stats, [cloud], state)
         try:
-            line = await command(solver, cloud)
+            line = await _through_solver(config, command)
         # ValueError: an option the solver refused.
         except (CaptchaSolveError, ValueError) as exc:
             raise SystemExit(report_failure(name, str(exc))) from None
-        finally:
-            await solver.close()
         print(line, flush=True)
+
+    return _react(main)
+
+
+def each_balance(config: SolverSettings, timeout: float) -> list[float | str]:
+    """The balance of each service of ``config`` in order, read as ``balance`` reads one
+    (each service alone, through the solver a crawl builds), or why it could not be read."""
+    balances: list[float | str] = []
+
+    async def main(reactor: Any) -> None:
+        for entry in config.providers:
+            alone = dataclasses.replace(
+                config,
+                providers=(entry,),
+                api_key=entry.api_key,
+                api_url=entry.api_url,
+                timeout=timeout,
+                max_retries=0,
+                concurrency=1,
+                cache_size=0,
+            )
+            try:
+                line = await _through_solver(alone, balance_command)
+            except (CaptchaSolveError, ValueError) as exc:
+                balances.append(" ".join(str(exc).split()))
+            else:
+                balances.append(float(line))
+
+    _react(main)
+    return balances
+
+
+async def _through_solver(config: SolverSettings, command: Command) -> str:
+    # The solver counts into Scrapy stats; a command has no crawl, so a throwaway collector.
+    stats = MemoryStatsCollector(Crawler(Spider))
+    # One call in one process: nothing to share with a fleet.
+    state = MemoryState(state_limits(config))
+    cloud = readers.cloud_reader(config, stats, state, on_fatal=lambda reason: None)
+    solver = CaptchaSolver(config, stats, [cloud], state)
+    try:
+        return await command(solver, cloud)
+    finally:
+        await solver.close()
+
+
+def _react(main: Callable[[Any], Coroutine[Any, Any, None]]) -> int:
+    from twisted.internet.task import react
 
     try:
         react(main)

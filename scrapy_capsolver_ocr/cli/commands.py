@@ -2,7 +2,9 @@
 
 ``serve`` runs the local CapSolver-compatible OCR server (:mod:`scrapy_capsolver_ocr.server.app`);
 ``solve`` and ``balance`` make one API call each (:mod:`scrapy_capsolver_ocr.cli.api_commands`);
-``calibrate`` measures the local engine on labelled captchas
+``providers`` shows each configured service, its breaker and its balance
+(:mod:`scrapy_capsolver_ocr.cli.provider_commands`); ``calibrate`` measures the local engine
+on labelled captchas
 (:mod:`scrapy_capsolver_ocr.engines.local.calibration`); ``fleet status`` and
 ``fleet reset-budget`` read and reset what a fleet of crawl processes shares in Redis
 (:mod:`scrapy_capsolver_ocr.cli.fleet_commands`); ``learn train`` and ``learn eval`` train and
@@ -66,10 +68,69 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_solve(commands)
     _add_balance(commands)
+    _add_providers(commands)
     _add_fleet(commands)
     _add_calibrate(commands)
     learn_commands.add_learn(commands)
     return parser
+
+
+def _add_providers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    providers = commands.add_parser(
+        "providers",
+        help="show each solving service, its circuit breaker and its balance",
+        description=(
+            "Show each service of CAPSOLVER_PROVIDERS in order of preference (the Scrapy "
+            "project's settings when run inside a project, else CapSolver alone from "
+            f"${API_KEY_ENV} and ${API_URL_ENV}): its URL, its key masked, its circuit "
+            "breaker in the fleet's Redis (healthy, cooling down, probing) and its balance."
+        ),
+    )
+    providers.add_argument(
+        "--redis-url",
+        default=os.environ.get(REDIS_URL_ENV),
+        help=f"the fleet's Redis (default: ${REDIS_URL_ENV}, else the project's setting)",
+    )
+    providers.add_argument(
+        "--fleet", help="the fleet's name (default: CAPSOLVER_FLEET, else every fleet)"
+    )
+    providers.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds per balance call (default: %(default)g)",
+    )
+    providers.add_argument("--json", action="store_true", help="print JSON")
+    providers.set_defaults(run=_providers)
+
+
+def _providers(args: argparse.Namespace) -> int:
+    from . import provider_commands
+
+    _configure_logging("CRITICAL")
+    try:
+        config, source = provider_commands.configured()
+    except api_commands.CommandError as exc:
+        return _fail("providers", exc)
+    breakers: dict[str, list[provider_commands.Breaker]] = {}
+    redis_url = args.redis_url or config.redis_url
+    if not redis_url:
+        note: str | None = f"in each crawl's memory (no {REDIS_URL_ENV}: not shared)"
+    else:
+        try:
+            from . import fleet_commands
+        except ImportError as exc:  # redis-py, the one library fleet mode needs
+            note = f"unreadable: {exc}: {EXTRA_HINT}"
+        else:
+            note = _read_breakers(fleet_commands, redis_url, args, config, breakers)
+    services = provider_commands.statuses(config, args.timeout)
+    for service in services:
+        service.breakers = breakers.get(service.name, [])
+    if args.json:
+        print(provider_commands.as_json(services, source, note), flush=True)
+    else:
+        print(provider_commands.text(services, source, note or ""), flush=True)
+    return 0
 
 
 def _add_fleet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -111,6 +172,35 @@ def _add_fleet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             default=os.environ.get(REDIS_CLUSTER_ENV, "").lower() in ("1", "true", "yes"),
             help=f"the URL names a node of a Redis Cluster (default: ${REDIS_CLUSTER_ENV})",
         )
+
+
+def _read_breakers(
+    fleet_commands: Any,
+    redis_url: str,
+    args: argparse.Namespace,
+    config: SolverSettings,
+    into: dict[str, Any],
+) -> str | None:
+    """Read the breakers of ``config``'s services into ``into``; a note when there are none
+    to show, or why they cannot be read."""
+    from . import provider_commands
+
+    names = [entry.name for entry in config.providers]
+    fleet = args.fleet or config.fleet
+    # The project's Sentinel or Cluster settings go with the project's URL only.
+    own = not args.redis_url
+    try:
+        into.update(
+            fleet_commands.run(
+                redis_url,
+                lambda redis: provider_commands.read_breakers(redis, fleet, names),
+                sentinels=config.redis_sentinels if own else (),
+                cluster=config.redis_cluster and own,
+            )
+        )
+    except fleet_commands.FleetCommandError as exc:
+        return f"unreadable: {exc}"
+    return None if any(into.values()) else "healthy (no fleet has used this Redis yet)"
 
 
 def _fleet_status(args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ class BrowserLoginSpider(LoginSpider):
         solution = response.meta["captcha_solution"]
         try:
             while True:
-                self.captcha_answered(login, solution.text)
+                self.captcha_answered(login, solution.text, solution.provider)
                 await page.fill("input[name=username]", self.credentials["username"])
                 await page.fill("input[name=password]", self.credentials["password"])
                 async with page.expect_navigation():

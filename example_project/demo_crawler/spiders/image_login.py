@@ -46,7 +46,7 @@ class ImageLoginSpider(LoginSpider):
 
     def submit(self, response: Response, login: int, form_page: Response) -> scrapy.Request:
         solution: CaptchaSolution = response.meta["captcha_solution"]
-        self.captcha_answered(login, solution.text)
+        self.captcha_answered(login, solution.text, solution.provider)
         form = form_page.css("#login-form")
         return form2request(form, {**self.credentials, "captcha": solution.text}).to_scrapy(
             callback=self.after_login,

@@ -79,10 +79,14 @@ class LoginSpider(scrapy.Spider):
 
     # Outcomes
 
-    def captcha_answered(self, login: int, text: str) -> None:
+    def captcha_answered(self, login: int, text: str, provider: str = "") -> None:
+        """``provider``: the paid service that answered, when several are listed
+        (``CAPSOLVER_PROVIDERS``), counted in ``demo/answers/<provider>``."""
         record = self.records[login]
         record.answers.append(text)
         self.crawler.stats.inc_value("demo/captchas_answered")
+        if provider:
+            self.crawler.stats.inc_value(f"demo/answers/{provider}")
         self.logger.info(
             "Login %d: captcha read as %r (attempt %d of %d)",
             login,

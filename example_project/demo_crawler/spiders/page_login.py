@@ -39,7 +39,8 @@ class PageLoginSpider(LoginSpider):
         middleware requests this page again and this callback runs again, with a new one."""
         if self.records[login].attempts:  # back here: the previous answer was refused
             self.answer_refused(login)
-        self.captcha_answered(login, page.meta["captcha_text"])
+        solution = page.meta["captcha_solution"]
+        self.captcha_answered(login, solution.text, solution.provider)
         # The form without the answer: captcha_field puts it in just before sending.
         request = form2request(page.css("#login-form"), self.credentials)
         return request.to_scrapy(
