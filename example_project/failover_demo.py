@@ -66,10 +66,11 @@ class FailoverServers:
                 for name in (PREFERRED, BACKUP)
             ],
             CAPSOLVER_FAILOVER_COOLDOWN=COOLDOWN,
-            # A killed server refuses connections at once; one that hangs is given 2 s.
-            CAPSOLVER_TIMEOUT=2.0,
-            # Tasks in flight when a service dies are lost (never sent to another service:
-            # the dead one may have charged for them); a few slots keep them few.
+            # A killed server refuses connections at once; one that hangs is given 5 s (the
+            # local engine reads a captcha in well under that, even on a busy machine).
+            CAPSOLVER_TIMEOUT=5.0,
+            # Tasks in flight when a service dies move to the other one once it refuses
+            # connections (CAPSOLVER_FAILOVER_UNANSWERED); a few slots show the queue moving.
             CAPSOLVER_CONCURRENCY=4,
         )
         print(f"Preferred:        {self.urls[PREFERRED]}  (CapSolver's dialect)", flush=True)
@@ -194,8 +195,8 @@ def failover_lines(failover: dict[str, Any]) -> Iterator[str]:
     moments = failover["moments"]
     if failover["failed"]:
         yield (
-            f"  {failover['failed']} captchas failed: tasks in flight when a server died, "
-            "never sent again elsewhere (the dead service may have charged for them)."
+            f"  {failover['failed']} captchas failed (their errors are in the log above: a "
+            "task may take longer than CAPSOLVER_TIMEOUT on a busy machine)."
         )
     if "killed" not in moments:
         before = failover["answers_before_outage"]
