@@ -35,6 +35,11 @@ def _package_font(package: str, *parts: str) -> str:
     return str(Path(module.__file__).parent.joinpath(*parts))
 
 
+def _freefont(name: str) -> str:
+    """A GNU FreeFont file, as multicolorcaptcha ships them."""
+    return _package_font("multicolorcaptcha", "fonts", "freefont-20120503", name)
+
+
 def _png(image: Any) -> bytes:
     out = io.BytesIO()
     image.convert("RGB").save(out, format="PNG")
@@ -45,7 +50,9 @@ def _png(image: Any) -> bytes:
 
 
 def _claptcha() -> Callable[[str], bytes]:
-    """claptcha 0.3: each glyph warped by a random quad, one thick warped line across."""
+    """claptcha 0.3 as its README draws it (FreeMono, the default 200x80 and margins, white
+    noise 0.3), five characters: each glyph warped by a random quad, a thick warped line
+    across. ddddocr reads about 30 % of them."""
     from claptcha import Claptcha
     from PIL import ImageFont
 
@@ -65,8 +72,9 @@ def _claptcha() -> Callable[[str], bytes]:
         def font(self, font: Any) -> None:
             self._font = font
 
-    font = _Font(_package_font("captcha", "data", "DroidSansMono.ttf"), 40)
-    drawer = _Claptcha("", font, size=(160, 60), margin=(10, 10), noise=0.3)
+    size, margin = (200, 80), (20, 20)
+    font = _Font(_freefont("FreeMono.ttf"), size[1] - 2 * margin[1])  # claptcha's own sizing
+    drawer = _Claptcha("", font, size=size, margin=margin, noise=0.3)
 
     def draw(answer: str) -> bytes:
         drawer.source = answer
@@ -153,15 +161,22 @@ def _multicolor() -> Callable[[str], bytes]:
 
 @dataclass(frozen=True)
 class Style:
-    """A captcha style: how to make a drawer, and the answers it draws."""
+    """A captcha style: how to make a drawer, and the answers it draws. ``version`` names
+    the drawing in the cache: change it with the drawer."""
 
     name: str
     library: str
     alphabet: str
     length: int
     make: Callable[[], Callable[[str], bytes]]
-    #: The library picks the answer (multicolorcaptcha): draw through ``pick``.
+    #: The library picks the answer (multicolorcaptcha).
     picks_answers: bool = False
+    version: int = 1
+
+    @property
+    def key(self) -> str:
+        """The style's name in cache files."""
+        return f"{self.name}-v{self.version}"
 
     def stream(self, seed: int) -> CaptchaStream:
         return CaptchaStream(self, seed)
@@ -170,7 +185,7 @@ class Style:
 STYLES: dict[str, Style] = {
     style.name: style
     for style in (
-        Style("claptcha", "claptcha", ALPHANUMERIC, 4, _claptcha),
+        Style("claptcha", "claptcha", ALPHANUMERIC, 5, _claptcha, version=2),
         Style("wheezy", "wheezy.captcha", ALPHANUMERIC, 4, _wheezy),
         Style(
             "multicolor",
@@ -193,7 +208,7 @@ class CaptchaStream:
     def __init__(self, style: Style, seed: int) -> None:
         self.style = style
         self.seed = seed
-        self.path = CACHE_DIR / f"{style.name}-seed{seed}.pickle"
+        self.path = CACHE_DIR / f"{style.key}-seed{seed}.pickle"
         self.items: list[tuple[str, bytes]] = []
         self._state: Any = None  # (answers' random state, global random state)
         self._drawer: Callable[[str], bytes] | None = None

@@ -63,23 +63,24 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from captcha_styles import CACHE_DIR, STYLES, Style  # noqa: E402
+from learning_curve_report import (  # noqa: E402
+    MODE_TITLES,
+    MODES,
+    TARGET_LABELS,
+    plot,
+    section,
+    targets,
+    write_section,
+)
 
 from scrapy_capsolver_ocr.engines.local.gate import Reading, passes  # noqa: E402
 from scrapy_capsolver_ocr.settings import DEFAULT_LOCAL_MIN_CONFIDENCE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STYLES = ("claptcha", "wheezy", "multicolor")
-MODES = ("cloud", "local", "learn")
-MODE_TITLES = {
-    "cloud": "cloud only",
-    "local": "local-first, no learning",
-    "learn": "local-first with learning",
-}
 RESULTS_JSON = ROOT / "docs" / "learning-curve.json"
 PLOT = ROOT / "docs" / "learning-curve.png"
-#: The issue's target window: the logins after this many accepted answers.
-TARGET_LABELS = 3000
-TARGET_WINDOW = 500
+BENCHMARKS_PAGE = ROOT / "docs" / "benchmarks.md"
 
 
 # --- readings by ddddocr, cached per captcha ------------------------------------------
@@ -91,7 +92,7 @@ class DdddocrReadings:
 
     def __init__(self, style: Style, seed: int) -> None:
         self.style = style
-        self.path = CACHE_DIR / f"{style.name}-seed{seed}-ddddocr.pickle"
+        self.path = CACHE_DIR / f"{style.key}-seed{seed}-ddddocr.pickle"
         self.readings: dict[int, tuple[str, float]] = {}
         if self.path.exists():
             with self.path.open("rb") as file:
@@ -239,7 +240,7 @@ def simulate(
     labels: list[Label] = []
     trained_at = 0
     model: LearntModel | None = None
-    model_path = CACHE_DIR / "models" / f"{style.name}-seed{seed}-{mode}-{retrain_every}.onnx"
+    model_path = CACHE_DIR / "models" / f"{style.key}-seed{seed}-{mode}-{retrain_every}.onnx"
     model_path.unlink(missing_ok=True)
     shown = 0  # captchas the site has shown so far: the next one is stream.get(shown)
     current = Window(0)
@@ -340,22 +341,7 @@ def _model_bytes(report: Any, path: Path) -> int:
     return int(size)
 
 
-def window_rates(run: Run, first: int, count: int) -> dict[str, float] | None:
-    """Paid calls and refused local answers per successful login over logins
-    ``first`` .. ``first + count`` (whole windows), or None when the run is shorter."""
-    chosen = [w for w in run.windows if first <= w.first_login < first + count]
-    logins = sum(w.logins for w in chosen)
-    if logins < count:
-        return None
-    return {
-        "paid_per_login": sum(w.paid for w in chosen) / logins,
-        "refused_local_per_login": sum(w.refused_local for w in chosen) / logins,
-        "learnt_share": sum(w.answered_learnt for w in chosen) / logins,
-        "logins": logins,
-    }
-
-
-# --- stage 3: plot, JSON, table -----------------------------------------------------------
+# --- results ---------------------------------------------------------------------------
 
 
 def results_path(style: str, tag: str) -> Path:
@@ -372,170 +358,6 @@ def load_results(tag: str, styles: Sequence[str]) -> dict[str, Any]:
         if path.exists():
             found["styles"][style] = json.loads(path.read_text())
     return found
-
-
-def plot(results: dict[str, Any], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    styles = list(results["styles"])
-    figure, axes = plt.subplots(
-        2, len(styles), figsize=(4.6 * len(styles), 6.4), sharex=True, squeeze=False
-    )
-    colours = {"cloud": "#888888", "local": "#d62728", "learn": "#1f77b4"}
-    for column, style in enumerate(styles):
-        data = results["styles"][style]
-        paid_axis, refused_axis = axes[0][column], axes[1][column]
-        for mode in MODES:
-            run = data["runs"].get(mode)
-            if run is None:
-                continue
-            ends = [w["first_login"] + w["logins"] for w in run["windows"]]
-            paid = [w["paid"] / w["logins"] for w in run["windows"]]
-            refused = [w["refused_local"] / w["logins"] for w in run["windows"]]
-            paid_axis.step(ends, paid, where="pre", color=colours[mode], label=MODE_TITLES[mode])
-            if mode != "cloud":
-                refused_axis.step(ends, refused, where="pre", color=colours[mode])
-            for training in run.get("trainings", []):
-                paid_axis.axvline(
-                    training["at_login"],
-                    color=colours[mode],
-                    linestyle=":" if training["promoted"] else "--",
-                    alpha=0.5,
-                )
-        paid_axis.set_title(f"{style} ({data['library']})")
-        paid_axis.set_ylim(bottom=0)
-        refused_axis.set_ylim(bottom=0)
-        refused_axis.set_xlabel("logins")
-        if column == 0:
-            paid_axis.set_ylabel("paid createTask calls / successful login")
-            refused_axis.set_ylabel("refused local answers / login")
-            paid_axis.legend(loc="lower left", fontsize="small")
-    figure.suptitle(
-        f"Per {results['window']} logins; cloud right {results['cloud_accuracy']:.0%} of the "
-        f"time; retrained every {results['retrain_every']} accepted answers "
-        "(dotted: model promoted, dashed: not promoted)",
-        fontsize="medium",
-    )
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-
-
-def table(results: dict[str, Any]) -> str:
-    """The markdown table of docs/benchmarks.md's "Site-learnt reader" section."""
-    lines = []
-    baseline_rows = {row["style"]: row for row in results.get("baseline", [])}
-    if baseline_rows:
-        lines += [
-            "| style (library) | captchas | ddddocr right (no gate) | answered by the gate "
-            f"at {DEFAULT_LOCAL_MIN_CONFIDENCE:g} | right among those |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for row in baseline_rows.values():
-            precision = "-" if row["precision"] is None else f"{row['precision']:.1%}"
-            lines.append(
-                f"| {row['style']} ({row['library']}) | {row['captchas']} | "
-                f"{row['accuracy']:.1%} | {row['coverage']:.1%} | {precision} |"
-            )
-        lines.append("")
-    lines += [
-        f"| style | paid/login, {TARGET_WINDOW} logins after {TARGET_LABELS} labels: cloud "
-        "only / no learning / learning | refused local answers/login (no learning / "
-        "learning) | share answered by the learnt model | trainings (labels: seconds, "
-        "promoted?) | model size | held-out accuracy, threshold, coverage at >= 97 % "
-        "precision (at 3,000 labels) |",
-        "|---|---|---|---:|---|---:|---|",
-    ]
-    for style, data in results["styles"].items():
-        runs = data["runs"]
-        learn = runs.get("learn")
-        start = None if learn is None else learn.get("target_login")
-        cells = []
-        rates: dict[str, dict[str, float] | None] = {}
-        for mode in MODES:
-            run = runs.get(mode)
-            rates[mode] = (
-                None
-                if run is None or start is None
-                else window_rates(_as_run(run), start + 1, TARGET_WINDOW)
-            )
-            cells.append("-" if rates[mode] is None else f"{rates[mode]['paid_per_login']:.3f}")
-        refused = " / ".join(
-            "-" if rates[mode] is None else f"{rates[mode]['refused_local_per_login']:.3f}"
-            for mode in ("local", "learn")
-        )
-        learnt = rates.get("learn")
-        trainings = learn["trainings"] if learn else []
-        at_target = next((t for t in trainings if t["labels"] >= TARGET_LABELS), None)
-        sizes = sorted({t["model_bytes"] for t in trainings if t["model_bytes"]})
-        size = f"{sizes[-1] / 1e6:.2f} MB" if sizes else "-"
-        quality = "-"
-        if at_target is not None:
-            threshold = (
-                "none" if at_target["threshold"] is None else f"{at_target['threshold']:.3f}"
-            )
-            quality = (
-                f"{at_target['heldout_accuracy']:.1%}, {threshold}, {at_target['coverage']:.1%} "
-                f"({at_target['precision']:.1%} right)"
-            )
-        share = "-" if learnt is None else f"{learnt['learnt_share']:.1%}"
-        lines.append(
-            f"| {style} | {' / '.join(cells)} | {refused} | {share} | "
-            + ", ".join(
-                f"{t['labels']}: {t['seconds']:.0f} s {'yes' if t['promoted'] else 'no'}"
-                for t in trainings
-            )
-            + f" | {size} | {quality} |"
-        )
-    return "\n".join(lines)
-
-
-def _as_run(data: dict[str, Any]) -> Run:
-    run = Run(data["style"], data["mode"], data["logins"])
-    run.windows = [Window(**w) for w in data["windows"]]
-    return run
-
-
-def targets(results: dict[str, Any]) -> list[str]:
-    """The issue's targets, checked on the results: one line each."""
-    lines = []
-    for style, data in results["styles"].items():
-        runs = data["runs"]
-        learn = runs.get("learn")
-        if learn is None or learn.get("target_login") is None:
-            lines.append(f"{style}: the run did not reach {TARGET_LABELS} accepted answers")
-            continue
-        start = learn["target_login"] + 1
-        learnt = window_rates(_as_run(learn), start, TARGET_WINDOW)
-        local = runs.get("local") and window_rates(_as_run(runs["local"]), start, TARGET_WINDOW)
-        if learnt is None:
-            lines.append(
-                f"{style}: the run ended before {TARGET_WINDOW} logins after {TARGET_LABELS} labels"
-            )
-            continue
-        promoted = any(t["promoted"] for t in learn["trainings"])
-        line = (
-            f"{style}: logins {start + 1}-{start + TARGET_WINDOW}: "
-            f"{learnt['paid_per_login']:.3f} paid/login with learning"
-        )
-        if local:
-            line += f" ({local['paid_per_login']:.3f} without)"
-        line += f", {learnt['refused_local_per_login']:.3f} refused local answers/login"
-        if style == "claptcha":
-            met = learnt["paid_per_login"] <= 0.45 and learnt["refused_local_per_login"] <= 0.03
-            line += f": target <= 0.45 and <= 0.03 {'MET' if met else 'NOT met'}"
-        elif not promoted and local:
-            met = learnt["paid_per_login"] <= local["paid_per_login"]
-            line += (
-                "; no model promoted, paid no worse than without learning: "
-                f"{'MET' if met else 'NOT met'}"
-            )
-        lines.append(line)
-    return lines
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -607,6 +429,7 @@ def main() -> None:
             path = results_path(style.name, tag)
             saved = json.loads(path.read_text()) if path.exists() else None
             data = saved or {"style": style.name, "library": style.library, "runs": {}}
+            data["command"] = "python benchmarks/learning_curve.py " + " ".join(sys.argv[1:])
             for mode in modes:
                 print(f"== {style.name}: {MODE_TITLES[mode]}, {args.logins} logins", flush=True)
                 run = simulate(
@@ -631,22 +454,23 @@ def main() -> None:
                 CACHE_DIR.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(data, indent=1))
                 print(f"   {run.seconds:.0f} s", flush=True)
+            print("\n".join(targets({"styles": {style.name: data}})), flush=True)
+        if not args.quick:
+            return
     results = load_results(tag, [style.name for style in styles])
     if not results["styles"]:
         parser.error("no saved results for these styles: run the simulation first")
-    settings = next(iter(results["styles"].values())).get("settings", {})
-    results.update(
-        window=settings.get("window", args.window),
-        retrain_every=settings.get("retrain_every", args.retrain_every),
-        cloud_accuracy=settings.get("cloud_accuracy", args.cloud_accuracy),
-    )
     out = PLOT if tag == "full" else CACHE_DIR / "learning-curve-quick.png"
     plot(results, out)
+    command = "`; `".join(
+        dict.fromkeys(data["command"] for data in results["styles"].values() if "command" in data)
+    )
+    text = section(results, command or "python benchmarks/learning_curve.py", PLOT.name)
     if tag == "full":
         RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n")
+        write_section(BENCHMARKS_PAGE, text)
     print(f"plot: {out}\n")
-    print(table(results) + "\n")
-    print("\n".join(targets(results)))
+    print(text)
 
 
 def _train_model() -> Any:
