@@ -58,8 +58,8 @@ find_redis() {  # find_redis NAME: prints redis-server (redis-sentinel, redis-cl
 }
 
 echo "== environments"
-setup_env .venv -e ".[test,playwright,ocr]"
-setup_env .venv-scrapy213 "$OLDEST_SCRAPY" -e ".[test,playwright,ocr]"
+setup_env .venv -e ".[test,playwright,ocr,learn]"
+setup_env .venv-scrapy213 "$OLDEST_SCRAPY" -e ".[test,playwright,ocr,learn]"
 CHROMIUM_PATH=$(find_chromium)
 export CHROMIUM_PATH
 echo "Chromium: $CHROMIUM_PATH"
