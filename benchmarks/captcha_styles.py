@@ -257,11 +257,15 @@ class CaptchaStream:
         return answer, self._drawer(answer)
 
     def save(self) -> None:
-        if len(self.items) == self._saved:
-            return
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        with partial.open("wb") as file:
-            pickle.dump((self.items, self._state), file, protocol=pickle.HIGHEST_PROTOCOL)
-        partial.replace(self.path)
-        self._saved = len(self.items)
+        if len(self.items) != self._saved:
+            save_cached(self.path, (self.items, self._state))
+            self._saved = len(self.items)
+
+
+def save_cached(path: Path, value: Any) -> None:
+    """Pickle ``value`` to ``path`` whole: a run stopped while saving leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as file:
+        pickle.dump(value, file, protocol=pickle.HIGHEST_PROTOCOL)
+    partial.replace(path)

@@ -62,7 +62,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from captcha_styles import CACHE_DIR, STYLES, Style  # noqa: E402
+from captcha_styles import CACHE_DIR, STYLES, Style, save_cached  # noqa: E402
 from learning_curve_report import (  # noqa: E402
     MODE_TITLES,
     MODES,
@@ -77,7 +77,7 @@ from scrapy_capsolver_ocr.engines.local.gate import Reading, passes  # noqa: E40
 from scrapy_capsolver_ocr.settings import DEFAULT_LOCAL_MIN_CONFIDENCE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_STYLES = ("claptcha", "wheezy", "multicolor")
+DEFAULT_STYLES = ("claptcha", "gvcode", "multicolor")
 RESULTS_JSON = ROOT / "docs" / "learning-curve.json"
 PLOT = ROOT / "docs" / "learning-curve.png"
 BENCHMARKS_PAGE = ROOT / "docs" / "benchmarks.md"
@@ -112,14 +112,9 @@ class DdddocrReadings:
         return Reading(*known)
 
     def save(self) -> None:
-        if len(self.readings) == self._saved:
-            return
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        with partial.open("wb") as file:
-            pickle.dump(self.readings, file, protocol=pickle.HIGHEST_PROTOCOL)
-        partial.replace(self.path)
-        self._saved = len(self.readings)
+        if len(self.readings) != self._saved:
+            save_cached(self.path, self.readings)
+            self._saved = len(self.readings)
 
 
 def right(text: str, answer: str) -> bool:
