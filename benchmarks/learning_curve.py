@@ -49,7 +49,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,9 @@ class Run:
     #: The login (0-based) after which the labels reached TARGET_LABELS, if they did.
     target_login: int | None = None
     seconds: float = 0.0
+    #: False while it runs: the results are saved after every window, so that a run
+    #: stopped early still shows the logins it did.
+    finished: bool = False
 
 
 class Cloud:
@@ -222,6 +225,7 @@ def simulate(
     retrain_every: int,
     epochs: int | None = None,
     log: Any = print,
+    keep: Callable[[Run], None] | None = None,
 ) -> Run:
     from scrapy_capsolver_ocr.engines.learnt.model import LearntModel
     from scrapy_capsolver_ocr.engines.learnt.training import Label, train_model
@@ -320,11 +324,15 @@ def simulate(
                 flush=True,
             )
             current = Window(login + 1)
+            if keep is not None:
+                run.seconds = time.monotonic() - began
+                keep(run)
     if current.logins:
         run.windows.append(current)
     stream.save()
     readings.save()
     run.seconds = time.monotonic() - began
+    run.finished = True
     return run
 
 
@@ -341,6 +349,13 @@ def _model_bytes(report: Any, path: Path) -> int:
 
 def results_path(style: str, tag: str) -> Path:
     return CACHE_DIR / f"results-{tag}-{style}.json"
+
+
+def save_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data, indent=1) + "\n")
+    partial.replace(path)
 
 
 def load_results(tag: str, styles: Sequence[str]) -> dict[str, Any]:
@@ -425,6 +440,19 @@ def main() -> None:
             saved = json.loads(path.read_text()) if path.exists() else None
             data = saved or {"style": style.name, "library": style.library, "runs": {}}
             data["command"] = "python benchmarks/learning_curve.py " + " ".join(sys.argv[1:])
+            data["settings"] = {
+                "logins": args.logins,
+                "window": args.window,
+                "retrain_every": args.retrain_every,
+                "cloud_accuracy": args.cloud_accuracy,
+                "seed": args.seed,
+                "epochs": args.epochs,
+            }
+
+            def keep(run: Run, data: dict[str, Any] = data, path: Path = path) -> None:
+                data["runs"][run.mode] = asdict(run)
+                save_json(path, data)
+
             for mode in modes:
                 print(f"== {style.name}: {MODE_TITLES[mode]}, {args.logins} logins", flush=True)
                 run = simulate(
@@ -436,18 +464,9 @@ def main() -> None:
                     window=args.window,
                     retrain_every=args.retrain_every,
                     epochs=args.epochs,
+                    keep=keep,
                 )
-                data["runs"][mode] = asdict(run)
-                data["settings"] = {
-                    "logins": args.logins,
-                    "window": args.window,
-                    "retrain_every": args.retrain_every,
-                    "cloud_accuracy": args.cloud_accuracy,
-                    "seed": args.seed,
-                    "epochs": args.epochs,
-                }
-                CACHE_DIR.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(data, indent=1))
+                keep(run)
                 print(f"   {run.seconds:.0f} s", flush=True)
             print("\n".join(targets({"styles": {style.name: data}})), flush=True)
         if not args.quick:
@@ -462,7 +481,7 @@ def main() -> None:
     )
     text = section(results, command or "python benchmarks/learning_curve.py", PLOT.name)
     if tag == "full":
-        RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n")
+        save_json(RESULTS_JSON, results)
         write_section(BENCHMARKS_PAGE, text)
     print(f"plot: {out}\n")
     print(text)

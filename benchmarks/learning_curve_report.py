@@ -187,7 +187,7 @@ def results_table(results: dict[str, Any]) -> list[str]:
             )
         sizes = [t["model_bytes"] for t in trainings if t["model_bytes"]]
         size = f"{max(sizes) / 1e6:.2f} MB" if sizes else "-"
-        logins = max(run["logins"] for run in data["runs"].values())
+        logins = max(sum(w["logins"] for w in run["windows"]) for run in data["runs"].values())
         lines.append(
             f"| {style} | {logins:,} | {paid} | {refused} | {shares} | {quality} | {size} |"
         )
@@ -259,6 +259,12 @@ def targets(results: dict[str, Any]) -> list[str]:
 def section(results: dict[str, Any], command: str, png: str) -> str:
     """The markdown of the "Site-learnt reader" section, between its markers."""
     settings = next(iter(results["styles"].values()))["settings"]
+    logins = sum(
+        w["logins"]
+        for data in results["styles"].values()
+        for run in data["runs"].values()
+        for w in run["windows"]
+    )
     parts = [
         SECTION_START,
         "## Site-learnt reader: the learning curve",
@@ -273,7 +279,7 @@ def section(results: dict[str, Any], command: str, png: str) -> str:
         "text ignoring case, and shows a fresh captcha after a refusal) and the cloud (right "
         f"{settings['cloud_accuracy']:.0%} of the time, a CapSolver-like rate on such images; "
         "the same captcha gets the same verdict in every mode) are modelled. A crawl of the "
-        f"{3 * settings['logins'] * len(results['styles']):,} logins would measure nothing "
+        f"{logins:,} logins would measure nothing "
         "more but hours of HTTP round trips (the crawl's own path of learning, labels, "
         "training in a child process and reloading, is not what this measures).",
         "",
