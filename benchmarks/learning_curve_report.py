@@ -32,13 +32,19 @@ def window_rates(windows: list[dict[str, Any]], first: int, count: int) -> dict[
     logins = sum(w["logins"] for w in chosen)
     if logins < count:
         return None
+
+    def share(key: str) -> float | None:
+        # None when a window does not know it (a run rebuilt from its log).
+        counts = [w[key] for w in chosen]
+        return None if None in counts else sum(counts) / logins
+
     return {
         "first": first,
         "logins": logins,
         "paid_per_login": sum(w["paid"] for w in chosen) / logins,
         "refused_local_per_login": sum(w["refused_local"] for w in chosen) / logins,
-        "learnt_share": sum(w["answered_learnt"] for w in chosen) / logins,
-        "ddddocr_share": sum(w["answered_ddddocr"] for w in chosen) / logins,
+        "learnt_share": share("answered_learnt"),
+        "ddddocr_share": share("answered_ddddocr"),
     }
 
 
@@ -173,7 +179,7 @@ def results_table(results: dict[str, Any]) -> list[str]:
         shares = (
             "-"
             if learnt is None
-            else f"{learnt['learnt_share']:.1%} / {learnt['ddddocr_share']:.1%}"
+            else f"{_percent(learnt['learnt_share'])} / {_percent(learnt['ddddocr_share'])}"
         )
         trainings = data["runs"].get("learn", {}).get("trainings", [])
         at_target = next((t for t in trainings if t["labels"] >= TARGET_LABELS), None)
