@@ -67,14 +67,16 @@ def plot(results: dict[str, Any], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.lines
     import matplotlib.pyplot as plt
 
     styles = list(results["styles"])
     figure, axes = plt.subplots(
         2,
         len(styles),
-        figsize=(4.6 * len(styles), 6.6),
+        figsize=(4.6 * len(styles), 7.0),
         sharex=True,
+        sharey="row",
         squeeze=False,
         gridspec_kw={"height_ratios": [3, 1.4]},
     )
@@ -115,15 +117,37 @@ def plot(results: dict[str, Any], out: Path) -> None:
                     linestyle=":" if training["promoted"] else "--",
                     alpha=0.6,
                 )
+        if style == "claptcha":  # the style the issue sets targets on
+            paid_axis.axhline(TARGET_PAID, color="#2ca02c", linestyle="-.", linewidth=1)
+            refused_axis.axhline(TARGET_REFUSED, color="#2ca02c", linestyle="-.", linewidth=1)
         paid_axis.set_title(f"{style} ({data['library']})")
         paid_axis.set_xlim(left=0)
-        paid_axis.set_ylim(0, max(1.15, paid_axis.get_ylim()[1]))
-        refused_axis.set_ylim(bottom=0)
         refused_axis.set_xlabel("logins")
         if column == 0:
             paid_axis.set_ylabel("paid createTask calls / successful login")
             refused_axis.set_ylabel("refused local\nanswers / login")
-            paid_axis.legend(loc="lower left", fontsize="small")
+    # One scale per row (shared): the highest value of any style, with the targets in view.
+    highest = [TARGET_PAID, TARGET_REFUSED]
+    for data in results["styles"].values():
+        for mode, run in data["runs"].items():
+            for w in run["windows"]:
+                highest[0] = max(highest[0], w["paid"] / w["logins"])
+                if mode != "cloud":
+                    highest[1] = max(highest[1], w["refused_local"] / w["logins"])
+    axes[0][0].set_ylim(0, highest[0] * 1.08)
+    axes[1][0].set_ylim(0, highest[1] * 1.15)
+    handles = [
+        matplotlib.lines.Line2D([], [], color=colours[mode], linewidth=widths[mode])
+        for mode in MODES
+    ]
+    handles.append(matplotlib.lines.Line2D([], [], color="#2ca02c", linestyle="-."))
+    figure.legend(
+        handles,
+        [MODE_TITLES[mode] for mode in MODES] + ["the issue's targets (claptcha)"],
+        loc="lower center",
+        ncol=4,
+        fontsize="small",
+    )
     settings = next(iter(results["styles"].values()))["settings"]
     figure.suptitle(
         f"Per {settings['window']} logins; the cloud right {settings['cloud_accuracy']:.0%} of "
@@ -131,7 +155,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
         "(vertical lines: trainings; dotted: the model was promoted, dashed: it was not)",
         fontsize="medium",
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)
     plt.close(figure)
@@ -156,17 +180,44 @@ def baseline_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def measured(run: dict[str, Any]) -> int:
+    return sum(w["logins"] for w in run["windows"])
+
+
+def comparison(data: dict[str, Any]) -> tuple[int, int, str] | None:
+    """The logins the modes are compared over: the TARGET_WINDOW after the learning run
+    reached TARGET_LABELS; else, for a run stopped before, its last TARGET_WINDOW logins.
+    (first login, count, how to say it), or None without a learning run."""
+    learn = data["runs"].get("learn")
+    if learn is None or not learn["windows"]:
+        return None
+    rates = after_target(data)
+    if rates is not None and rates.get("learn") is not None:
+        first = rates["learn"]["first"]
+        return first, TARGET_WINDOW, f"{first + 1:,}-{first + TARGET_WINDOW:,}, after 3,000 labels"
+    end = measured(learn)
+    count = min(TARGET_WINDOW, end)
+    return end - count, count, f"{end - count + 1:,}-{end:,}, the last the learning run measured"
+
+
 def results_table(results: dict[str, Any]) -> list[str]:
     lines = [
-        f"| style | logins measured | paid/login, {TARGET_WINDOW} logins after "
-        f"{TARGET_LABELS:,} labels: cloud only / no learning / learning | refused local "
-        "answers/login there: no learning / learning | answered there by the learnt model "
-        "/ ddddocr | held-out accuracy, threshold, coverage (precision) of the model "
-        f"trained on {TARGET_LABELS:,} labels | model size |",
-        "|---|---:|---|---|---|---|---:|",
+        "| style | logins measured: cloud only / no learning / learning | compared over logins "
+        "| paid/login: cloud only / no learning / learning | refused local answers/login: no "
+        "learning / learning | answered by the learnt model / by ddddocr | the model trained "
+        f"on {TARGET_LABELS:,} labels (else the last): held-out accuracy, threshold, coverage "
+        "(precision) | model size |",
+        "|---|---|---|---|---|---|---|---:|",
     ]
     for style, data in results["styles"].items():
-        rates = after_target(data) or {}
+        runs = data["runs"]
+        logins = " / ".join(f"{measured(runs[mode]):,}" if mode in runs else "-" for mode in MODES)
+        compared = comparison(data)
+        rates: dict[str, dict[str, Any] | None] = {}
+        over = "-"
+        if compared is not None:
+            first, count, over = compared
+            rates = {mode: window_rates(run["windows"], first, count) for mode, run in runs.items()}
         paid = " / ".join(
             "-" if rates.get(mode) is None else f"{rates[mode]['paid_per_login']:.3f}"
             for mode in MODES
@@ -181,21 +232,22 @@ def results_table(results: dict[str, Any]) -> list[str]:
             if learnt is None
             else f"{_percent(learnt['learnt_share'])} / {_percent(learnt['ddddocr_share'])}"
         )
-        trainings = data["runs"].get("learn", {}).get("trainings", [])
-        at_target = next((t for t in trainings if t["labels"] >= TARGET_LABELS), None)
+        trainings = runs.get("learn", {}).get("trainings", [])
+        chosen = next((t for t in trainings if t["labels"] >= TARGET_LABELS), None)
+        if chosen is None and trainings:
+            chosen = trainings[-1]
         quality = "-"
-        if at_target is not None:
-            threshold = at_target["threshold"]
+        if chosen is not None:
+            threshold = chosen["threshold"]
             quality = (
-                f"{at_target['heldout_accuracy']:.1%}, "
+                f"{chosen['labels']:,} labels: {chosen['heldout_accuracy']:.1%}, "
                 f"{'none' if threshold is None else f'{threshold:.3f}'}, "
-                f"{at_target['coverage']:.1%} ({at_target['precision']:.1%})"
+                f"{chosen['coverage']:.1%} ({chosen['precision']:.1%})"
             )
         sizes = [t["model_bytes"] for t in trainings if t["model_bytes"]]
         size = f"{max(sizes) / 1e6:.2f} MB" if sizes else "-"
-        logins = max(sum(w["logins"] for w in run["windows"]) for run in data["runs"].values())
         lines.append(
-            f"| {style} | {logins:,} | {paid} | {refused} | {shares} | {quality} | {size} |"
+            f"| {style} | {logins} | {over} | {paid} | {refused} | {shares} | {quality} | {size} |"
         )
     return lines
 
@@ -209,11 +261,11 @@ def trainings_table(results: dict[str, Any]) -> list[str]:
     for style, data in results["styles"].items():
         for t in data["runs"].get("learn", {}).get("trainings", []):
             threshold = "-" if t["threshold"] is None else f"{t['threshold']:.3f}"
+            size = f"{t['model_bytes'] / 1e6:.2f} MB" if t["model_bytes"] else "-"
             lines.append(
                 f"| {style} | {t['at_login']:,} | {t['labels']:,} | {t['seconds'] / 60:.1f} min "
                 f"| {'yes' if t['promoted'] else 'no'} | {t['heldout_accuracy']:.1%} | "
-                f"{threshold} | {t['coverage']:.1%} | {t['precision']:.1%} | "
-                f"{t['model_bytes'] / 1e6:.2f} MB |"
+                f"{threshold} | {t['coverage']:.1%} | {t['precision']:.1%} | {size} |"
             )
     return lines
 
