@@ -238,10 +238,9 @@ def results_table(results: dict[str, Any]) -> list[str]:
             chosen = trainings[-1]
         quality = "-"
         if chosen is not None:
-            threshold = chosen["threshold"]
             quality = (
                 f"{chosen['labels']:,} labels: {chosen['heldout_accuracy']:.1%}, "
-                f"{'none' if threshold is None else f'{threshold:.3f}'}, "
+                f"{_threshold(chosen)}, "
                 f"{chosen['coverage']:.1%} ({chosen['precision']:.1%})"
             )
         sizes = [t["model_bytes"] for t in trainings if t["model_bytes"]]
@@ -260,7 +259,7 @@ def trainings_table(results: dict[str, Any]) -> list[str]:
     ]
     for style, data in results["styles"].items():
         for t in data["runs"].get("learn", {}).get("trainings", []):
-            threshold = "-" if t["threshold"] is None else f"{t['threshold']:.3f}"
+            threshold = _threshold(t)
             size = f"{t['model_bytes'] / 1e6:.2f} MB" if t["model_bytes"] else "-"
             lines.append(
                 f"| {style} | {t['at_login']:,} | {t['labels']:,} | {t['seconds'] / 60:.1f} min "
@@ -271,30 +270,29 @@ def trainings_table(results: dict[str, Any]) -> list[str]:
 
 
 def targets(results: dict[str, Any]) -> list[str]:
-    """The issue's targets, checked on the results: one line each."""
+    """The issue's targets, checked on the results: one line each. Over the logins of
+    :func:`comparison`: after 3,000 labels, else the last a stopped run measured (said)."""
     lines = []
     for style, data in results["styles"].items():
-        rates = after_target(data)
-        if rates is None:
-            lines.append(f"- {style}: the run did not reach {TARGET_LABELS:,} accepted answers.")
+        compared = comparison(data)
+        if compared is None:
+            lines.append(f"- {style}: no learning run.")
             continue
-        learnt, local = rates.get("learn"), rates.get("local")
-        if learnt is None:
-            lines.append(
-                f"- {style}: the run ended before {TARGET_WINDOW} logins after "
-                f"{TARGET_LABELS:,} labels."
-            )
-            continue
+        first, count, over = compared
+        runs = data["runs"]
+        learnt = window_rates(runs["learn"]["windows"], first, count)
+        local = window_rates(runs["local"]["windows"], first, count) if "local" in runs else None
+        assert learnt is not None
         line = (
-            f"- {style}: logins {learnt['first'] + 1:,}-{learnt['first'] + TARGET_WINDOW:,}: "
-            f"**{learnt['paid_per_login']:.3f}** paid calls per successful login with "
-            "learning"
+            f"- {style}: logins {over}: **{learnt['paid_per_login']:.3f}** paid calls per "
+            "successful login with learning"
         )
         if local is not None:
             line += f" ({local['paid_per_login']:.3f} without)"
         line += f", **{learnt['refused_local_per_login']:.3f}** refused local answers per login"
-        promoted = any(t["promoted"] for t in data["runs"]["learn"]["trainings"])
-        if style == "claptcha":
+        promoted = any(t["promoted"] for t in runs["learn"]["trainings"])
+        reached = after_target(data) is not None and count == TARGET_WINDOW
+        if style == "claptcha" and reached:
             met = (
                 learnt["paid_per_login"] <= TARGET_PAID
                 and learnt["refused_local_per_login"] <= TARGET_REFUSED
@@ -303,15 +301,25 @@ def targets(results: dict[str, Any]) -> list[str]:
                 f". Target <= {TARGET_PAID} and <= {TARGET_REFUSED}: "
                 f"**{'met' if met else 'not met'}**."
             )
+        elif style == "claptcha":
+            line += f". Target: not measured (the run stopped before {TARGET_LABELS:,} labels)."
         elif local is not None:
             no_worse = learnt["paid_per_login"] <= local["paid_per_login"]
             verdict = "a model was promoted" if promoted else "no model was promoted"
             line += (
                 f"; {verdict}; paid per login no worse than without learning: "
-                f"**{'met' if no_worse else 'not met'}**."
+                f"**{'met' if no_worse else 'not met'}**"
+                + ("." if reached else f" (before {TARGET_LABELS:,} labels).")
             )
         lines.append(line)
     return lines
+
+
+def _threshold(training: dict[str, Any]) -> str:
+    """A training's threshold: '?' when not known (a run rebuilt from its log)."""
+    if "threshold" not in training:
+        return "?"
+    return "none" if training["threshold"] is None else f"{training['threshold']:.3f}"
 
 
 def section(results: dict[str, Any], command: str, png: str) -> str:
