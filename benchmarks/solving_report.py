@@ -812,9 +812,23 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     image = out.with_name(out.stem + "-scaling.png")
     if plot(results, image):
         written.append(image)
-    out.write_text(report.markdown())
+    out.write_text(with_other_sections(report.markdown(), out))
     written.append(out)
     raw = out.with_suffix(".json")
     raw.write_text(json.dumps(without_logs(results), indent=1) + "\n")
     written.append(raw)
     return written
+
+
+def with_other_sections(page: str, out: Path) -> str:
+    """``page``, followed by the sections other benchmarks wrote into ``out`` (failover, the
+    learning curve): a run of this one must not delete their figures."""
+    if not out.exists():
+        return page
+    ours = {section.split("\n", 1)[0] for section in page.split("\n## ")[1:]}
+    theirs = [
+        section
+        for section in out.read_text().split("\n## ")[1:]
+        if section.split("\n", 1)[0] not in ours
+    ]
+    return "".join([page.rstrip("\n") + "\n", *(f"\n## {section}" for section in theirs)])
