@@ -198,6 +198,11 @@ class Failover:
         """``route`` had an outage: counted, and its breaker opened (in the state, and
         here: tasks already waiting for their turn on it are told at once)."""
         self._stats.inc_value(provider_stat(route, "errors"))
+        await self._open(route, exc)
+
+    async def _open(self, route: Route, exc: CaptchaSolveError) -> None:
+        """Open ``route``'s breaker, in the state and here: tasks already waiting for their
+        turn on it (for a slot, or for the balances read at start) are told at once."""
         cooldown = self._cooldown_after(exc)
         self._open_here[route.name] = self._now() + cooldown
         await self._breakers.open(route, exc, cooldown)
@@ -298,14 +303,14 @@ class Failover:
         if self._all_out():
             await self._account.blocked(exc, ticket)
         else:
-            await self._breakers.open(route, exc, self._cooldown_after(exc))
+            await self._open(route, exc)
 
     async def account_error(self, route: Route, exc: CaptchaAccountError) -> None:
         self._out[route.name] = exc
         if self._all_out():
             self._account.fail(exc)
         else:
-            await self._breakers.open(route, exc)
+            await self._open(route, exc)
 
     def _all_out(self) -> bool:
         return all(route.name in self._out for route in self.all)
