@@ -45,6 +45,7 @@ from scrapy_capsolver_ocr.engines.learnt.training import (
     Label,
     TrainingProgress,
     _split,
+    default_epochs,
     train_model,
 )
 from scrapy_capsolver_ocr.engines.local import InvalidImageError
@@ -287,6 +288,10 @@ def test_confidence_stays_in_range_and_never_below_the_best_path() -> None:
         assert 0.0 <= reading.confidence <= 1.0
         # The best path is one of the text's alignments.
         assert reading.confidence >= best_path.confidence * (1 - 1e-9)
+
+
+def test_default_epochs_pass_over_about_48000_images_within_the_range() -> None:
+    assert [default_epochs(n) for n in (2400, 3200, 800, 100, 100_000)] == [20, 15, 40, 40, 8]
 
 
 def test_the_newest_labels_no_local_reader_answered_are_held_out() -> None:
