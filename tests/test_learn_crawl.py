@@ -442,7 +442,7 @@ async def test_learn_status_names_a_redis_it_cannot_reach(capsys: Any) -> None:
 def test_a_training_that_fails_reports_why() -> None:
     job = TrainingJob(
         site="http://127.0.0.1:1",
-        labels=[(b"png", "12")] * 3,
+        labels=[(b"png", "12", "cloud")] * 3,
         output="/nonexistent/m",
         previous=None,
     )
@@ -542,7 +542,7 @@ async def test_every_process_of_a_fleet_loads_a_newer_model_without_a_restart(
 
 
 def test_a_training_ends_when_the_crawl_process_is_gone(tmp_path: Path) -> None:
-    labels = [(image, answer) for answer, image in fixed_captchas("digits", 200, seed=3)]
+    labels = [(image, answer, "cloud") for answer, image in fixed_captchas("digits", 200, seed=3)]
     job = TrainingJob("http://127.0.0.1:1", labels, str(tmp_path / "model.onnx"), None)
     child = subprocess.Popen(
         [sys.executable, "-m", "scrapy_capsolver_ocr.engines.learnt.trainer"],

@@ -15,10 +15,21 @@ from labelled_captchas import fixed_captchas
 from onnx import TensorProto, helper
 
 from scrapy_capsolver_ocr.engines.learnt import LearnUnavailableError, require_learn
-from scrapy_capsolver_ocr.engines.learnt.ctc import ctc_loss, ctc_loss_and_gradient, log_softmax
+from scrapy_capsolver_ocr.engines.learnt.ctc import (
+    ctc_loss,
+    ctc_loss_and_gradient,
+    labelling_probability,
+    log_softmax,
+)
 from scrapy_capsolver_ocr.engines.learnt.inputs import HEIGHT, batch, network_input
-from scrapy_capsolver_ocr.engines.learnt.metadata import FORMAT_VERSION, ModelInfo
-from scrapy_capsolver_ocr.engines.learnt.model import LearntModel
+from scrapy_capsolver_ocr.engines.learnt.labels import CLOUD, LOCAL
+from scrapy_capsolver_ocr.engines.learnt.metadata import (
+    BEST_PATH,
+    FORMAT_VERSION,
+    TEXT_PROBABILITY,
+    ModelInfo,
+)
+from scrapy_capsolver_ocr.engines.learnt.model import LearntModel, read_probabilities
 from scrapy_capsolver_ocr.engines.learnt.network import count, folded, forward, initial_parameters
 from scrapy_capsolver_ocr.engines.learnt.onnx_file import onnx_bytes
 from scrapy_capsolver_ocr.engines.learnt.threshold import (
@@ -29,9 +40,16 @@ from scrapy_capsolver_ocr.engines.learnt.threshold import (
     promotion,
     scored,
 )
-from scrapy_capsolver_ocr.engines.learnt.training import Label, TrainingProgress, train_model
+from scrapy_capsolver_ocr.engines.learnt.trainer import TrainingFailed, TrainingJob, TrainingProcess
+from scrapy_capsolver_ocr.engines.learnt.training import (
+    Label,
+    TrainingProgress,
+    _split,
+    default_epochs,
+    train_model,
+)
 from scrapy_capsolver_ocr.engines.local import InvalidImageError
-from scrapy_capsolver_ocr.engines.local.gate import Reading
+from scrapy_capsolver_ocr.engines.local.gate import Alphabet, Reading, read_best_path, softmax
 
 
 def collapse(path: tuple[int, ...]) -> tuple[int, ...]:
@@ -166,6 +184,23 @@ def test_the_onnx_file_reads_as_the_numpy_forward_pass(tmp_path: Path) -> None:
     onnx.checker.check_model(onnx.load(str(path)))
 
 
+def test_a_model_reads_with_the_confidence_its_threshold_was_chosen_on(tmp_path: Path) -> None:
+    parameters = trained_like(7, 3)
+    values = np.random.default_rng(4).uniform(-1, 1, size=(HEIGHT, 85)).astype(np.float32)
+    letters = Alphabet(["", *"ABC123"])
+    for confidence, read in [(TEXT_PROBABILITY, read_probabilities), (BEST_PATH, read_best_path)]:
+        path = tmp_path / f"{confidence}.onnx"
+        path.write_bytes(onnx_bytes(parameters, info(confidence=confidence)))
+        model = LearntModel.load(path)
+        assert model.info.confidence == confidence
+        expected = read(softmax(model.logits(values)), letters)
+        assert model.read_input(values) == expected
+    # A file written before the measure was recorded chose its threshold on the best path.
+    properties = info().properties()
+    del properties["confidence"]
+    assert ModelInfo.parse(properties).confidence == BEST_PATH
+
+
 def test_choose_threshold_is_the_lowest_that_keeps_the_precision() -> None:
     readings = [
         Scored(0.99, True),
@@ -192,6 +227,112 @@ def test_choose_threshold_keeps_equal_confidences_together_and_never_zero() -> N
     assert choose_threshold([Scored(0.9, True), Scored(0.9, False)], 0.97) is None
     assert choose_threshold([Scored(0.0, True), Scored(0.0, True)], 0.5) is None
     assert choose_threshold([], 0.97) is None
+
+
+def test_labelling_probability_is_the_sum_over_all_alignments() -> None:
+    random = np.random.default_rng(5)
+    logits = random.normal(size=(5, 3))
+    probabilities = np.exp(log_softmax(logits))
+    for label in ([1, 2], [1, 1], [2], [2, 1, 2]):
+        expected = math.exp(-brute_force_loss(logits, label))
+        assert labelling_probability(probabilities, label) == pytest.approx(expected, rel=1e-9)
+    # More characters than the frames can hold (a repeat needs a blank between).
+    assert labelling_probability(probabilities, [1, 1, 1, 1]) == 0.0
+    assert labelling_probability(np.zeros((0, 3)), [1]) == 0.0
+
+
+CHARSET = ["", "a", "A", "b", "B"]
+
+
+def frames(*rows: dict[int, float]) -> np.ndarray:
+    """Hand-made network output: each frame's probabilities by class (the rest to blank)."""
+    out = np.zeros((len(rows), len(CHARSET)))
+    for t, row in enumerate(rows):
+        for k, p in row.items():
+            out[t, k] = p
+        out[t, 0] = 1.0 - sum(row.values())
+    return out
+
+
+def test_confidence_is_the_probability_of_the_text_over_its_alignments() -> None:
+    alphabet = Alphabet(CHARSET)
+    # "ab" read from uncertain frame boundaries: every frame's top class is right, but the
+    # transitions hesitate between a character and the blank, which does not change the
+    # text. The product of each frame's top probability counts that hesitation as doubt.
+    hesitant = frames({1: 0.6}, {1: 0.95}, {}, {3: 0.6}, {3: 0.95})
+    reading = read_probabilities(hesitant, alphabet)
+    product = read_best_path(hesitant, alphabet).confidence
+    assert reading.text == "ab"
+    assert product < 0.35 < 0.8 < reading.confidence <= 1.0
+    # One character torn between two letters: at most the share of the likelier one.
+    torn = frames({1: 0.99}, {}, {3: 0.55, 1: 0.44}, {})
+    reading = read_probabilities(torn, alphabet)
+    assert reading.text == "ab" and 0.5 < reading.confidence <= 0.55
+    # Case is folded as the answer check folds it: "a" or "A" is the same answer.
+    cased = frames({1: 0.5, 2: 0.49}, {})
+    reading = read_probabilities(cased, alphabet)
+    assert reading.text == "a" and reading.confidence == pytest.approx(0.99 * 1.0)
+    # Nothing read: no confidence.
+    assert read_probabilities(frames({}, {}), alphabet) == Reading("", 0.0)
+
+
+def test_confidence_stays_in_range_and_never_below_the_best_path() -> None:
+    random = np.random.default_rng(8)
+    alphabet = Alphabet(CHARSET)
+    for _ in range(200):
+        logits = random.normal(scale=3.0, size=(int(random.integers(1, 12)), len(CHARSET)))
+        probabilities = np.exp(log_softmax(logits))
+        reading = read_probabilities(probabilities, alphabet)
+        best_path = read_best_path(probabilities, alphabet)
+        assert reading.text == best_path.text
+        assert 0.0 <= reading.confidence <= 1.0
+        # The best path is one of the text's alignments.
+        assert reading.confidence >= best_path.confidence * (1 - 1e-9)
+
+
+def test_default_epochs_pass_over_about_48000_images_within_the_range() -> None:
+    assert [default_epochs(n) for n in (2400, 3200, 800, 100, 100_000)] == [20, 15, 40, 40, 8]
+
+
+def test_the_newest_labels_no_local_reader_answered_are_held_out() -> None:
+    eligible = [True, False, True, True, False, True, True, False, True, True, False]
+    train, heldout = _split(eligible, 0.3)
+    # 7 eligible: the newest 2 of them, never a local reader's answer.
+    assert heldout == [8, 9]
+    assert train == [0, 1, 2, 3, 4, 5, 6, 7, 10]
+    with pytest.raises(ValueError, match="no label can be held out"):
+        _split([False] * 12, 0.2)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_previous_model_never_trained_on_the_labels_that_judge_it(seed: int) -> None:
+    """Labels arrive in order; each model is trained on all of them so far. Whatever the
+    previous model trained on (its own split of fewer labels), the next one's held-out
+    labels are none of them."""
+    random = np.random.default_rng(seed)
+    eligible = [bool(random.random() < 0.6) for _ in range(3000)]
+    for before in (1000, 1500, 2000):
+        previous_train, _ = _split(eligible[:before], 0.2)
+        _, heldout = _split(eligible, 0.2)
+        assert not set(previous_train) & set(heldout)
+        assert all(eligible[index] for index in heldout)
+
+
+def test_labels_a_local_reader_answered_are_never_held_out(tmp_path: Path) -> None:
+    labels = [Label(image, answer, LOCAL) for answer, image in fixed_captchas("digits", 12, seed=4)]
+    with pytest.raises(ValueError, match="no label can be held out"):
+        train_model(labels, tmp_path / "model.onnx")
+    # The crawl's training process gets each label's source with it.
+    job = TrainingJob(
+        site="http://127.0.0.1:1",
+        labels=[(label.image, label.text, LOCAL) for label in labels],
+        output=str(tmp_path / "model.onnx"),
+        previous=None,
+    )
+    with pytest.raises(TrainingFailed, match="no label can be held out"):
+        TrainingProcess(job).run()
+    assert not (tmp_path / "model.onnx").exists()
+    assert Label(b"", "1", CLOUD).may_be_held_out and Label(b"", "1").may_be_held_out
 
 
 def test_scored_readings_ignore_case_and_empty_text_is_wrong() -> None:
@@ -256,6 +397,7 @@ def learnt_properties(**changes: str) -> dict[str, str]:
         (onnx_without_metadata(learnt_properties(alphabet='"AA"')), "repeats a character"),
         (onnx_without_metadata(learnt_properties(site="{")), "metadata is unreadable"),
         (onnx_without_metadata(learnt_properties(input_height="64")), "64 pixels high"),
+        (onnx_without_metadata(learnt_properties(confidence='"vibes"')), "does not know"),
         (
             onnx_without_metadata(learnt_properties(format_version=str(FORMAT_VERSION + 1))),
             "newer than this version",

@@ -175,6 +175,9 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             output = Path(args.output)
             previous = output if output.exists() else None
+        # Oldest first, as training expects (it holds out the newest): by modification time,
+        # since names begin with the answer.
+        files.sort(key=lambda file: (file.path.stat().st_mtime_ns, file.path.name))
         labels = [Label(file.image, file.answer or "") for file in files]
         print(f"Training on {len(labels)} labelled images of {directory}", file=sys.stderr)
         report = train_model(

@@ -9,6 +9,7 @@ needs. :func:`ctc_loss` is an autograd primitive with that gradient.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,17 +46,18 @@ def _extended(labels: Sequence[Sequence[int]]) -> tuple[Array, Array, Array]:
     return extended, lengths, skip
 
 
-def ctc_loss_and_gradient(logits: Array, labels: Sequence[Sequence[int]]) -> tuple[Array, Array]:
-    """The negative log-likelihood of each label (batch,) given ``logits`` (batch x frames x
-    classes), and its gradient with respect to the logits. A label the frames cannot hold
-    (too long) has an infinite loss and a zero gradient."""
-    log_probs = log_softmax(logits)
+def _emissions(log_probs: Array, extended: Array) -> Array:
+    """The log probability of each extended position's class at each frame (batch x frames
+    x size)."""
     batch, frames, _ = log_probs.shape
-    extended, lengths, skip = _extended(labels)
-    size = extended.shape[1]
     rows = np.arange(batch)[:, None]
-    emit = log_probs[rows[:, :, None], np.arange(frames)[None, :, None], extended[:, None, :]]
-    valid = np.arange(size)[None, :] < lengths[:, None]  # batch x size
+    return log_probs[rows[:, :, None], np.arange(frames)[None, :, None], extended[:, None, :]]
+
+
+def _alpha(emit: Array, lengths: Array, skip: Array, valid: Array) -> Array:
+    """The forward sums: the log probability of each prefix of the extended label ending at
+    each frame (batch x frames x size)."""
+    batch, frames, size = emit.shape
     alpha = np.full((batch, frames, size), _NEG)
     alpha[:, 0, 0] = emit[:, 0, 0]
     alpha[:, 0, 1] = np.where(lengths > 1, emit[:, 0, 1], _NEG)
@@ -65,6 +67,48 @@ def ctc_loss_and_gradient(logits: Array, labels: Sequence[Sequence[int]]) -> tup
         two = np.concatenate([np.full((batch, 2), _NEG), previous[:, :-2]], axis=1)
         two = np.where(skip, two, _NEG)
         alpha[:, t] = np.where(valid, _logaddexp3(previous, one, two) + emit[:, t], _NEG)
+    return alpha
+
+
+def _ending(alpha: Array, lengths: Array) -> Array:
+    """Each label's log-likelihood: the paths that end on its last character or the blank
+    after it."""
+    batch, frames, _ = alpha.shape
+    last = lengths - 1
+    end = alpha[np.arange(batch), frames - 1, last]
+    before_end = np.where(
+        lengths > 1, alpha[np.arange(batch), frames - 1, np.maximum(last - 1, 0)], _NEG
+    )
+    return np.logaddexp(end, before_end)  # type: ignore[no-any-return]
+
+
+def labelling_probability(probabilities: Array, label: Sequence[int]) -> float:
+    """The probability that ``probabilities`` (frames x classes, each row summing to 1,
+    class 0 the blank) read as ``label`` (class indices), summed over every alignment of it
+    to the frames: in [0, 1]; 0 when the frames cannot hold it."""
+    if probabilities.shape[0] == 0:
+        return 0.0
+    with np.errstate(divide="ignore"):
+        log_probs = np.log(np.asarray(probabilities, dtype=np.float64))[np.newaxis]
+    log_probs = np.maximum(log_probs, _NEG)
+    extended, lengths, skip = _extended([label])
+    valid = np.arange(extended.shape[1])[None, :] < lengths[:, None]
+    alpha = _alpha(_emissions(log_probs, extended), lengths, skip, valid)
+    log_likelihood = float(_ending(alpha, lengths)[0])
+    return min(1.0, math.exp(log_likelihood)) if log_likelihood > _NEG / 2 else 0.0
+
+
+def ctc_loss_and_gradient(logits: Array, labels: Sequence[Sequence[int]]) -> tuple[Array, Array]:
+    """The negative log-likelihood of each label (batch,) given ``logits`` (batch x frames x
+    classes), and its gradient with respect to the logits. A label the frames cannot hold
+    (too long) has an infinite loss and a zero gradient."""
+    log_probs = log_softmax(logits)
+    batch, frames, _ = log_probs.shape
+    extended, lengths, skip = _extended(labels)
+    size = extended.shape[1]
+    emit = _emissions(log_probs, extended)
+    valid = np.arange(size)[None, :] < lengths[:, None]  # batch x size
+    alpha = _alpha(emit, lengths, skip, valid)
     beta = np.full((batch, frames, size), _NEG)
     last = lengths - 1
     beta[np.arange(batch), frames - 1, last] = emit[np.arange(batch), frames - 1, last]
@@ -81,11 +125,7 @@ def ctc_loss_and_gradient(logits: Array, labels: Sequence[Sequence[int]]) -> tup
         two = np.concatenate([following[:, 2:], np.full((batch, 2), _NEG)], axis=1)
         two = np.where(skip_ahead, two, _NEG)
         beta[:, t] = np.where(valid, _logaddexp3(following, one, two) + emit[:, t], _NEG)
-    end = alpha[np.arange(batch), frames - 1, last]
-    before_end = np.where(
-        has_two, alpha[np.arange(batch), frames - 1, np.maximum(last - 1, 0)], _NEG
-    )
-    log_likelihood = np.logaddexp(end, before_end)
+    log_likelihood = _ending(alpha, lengths)
     feasible = log_likelihood > _NEG / 2
     loss = np.where(feasible, -log_likelihood, np.inf)
     # Posterior of each extended position at each frame, added up per class.

@@ -10,13 +10,21 @@ from dataclasses import asdict, dataclass
 KIND = "scrapy-capsolver-ocr learnt reader"
 #: The layout of the file this code writes; a newer one is refused (it may read otherwise).
 FORMAT_VERSION = 1
+#: How a model's confidence in a reading is measured, which its threshold was chosen on:
+#: the probability of the text over all its alignments (files written from now on), or
+#: the product of each frame's top probability (files written before there was a choice;
+#: a file without the field reads so).
+TEXT_PROBABILITY = "text probability"
+BEST_PATH = "best path"
+CONFIDENCES = (TEXT_PROBABILITY, BEST_PATH)
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """A learnt model's metadata. ``alphabet``: the characters it reads, class i + 1 being
     ``alphabet[i]`` (class 0 is the blank); ``threshold``: the lowest confidence at which
-    its readings kept the required precision on held-out labels."""
+    its readings kept the required precision on held-out labels, measured as
+    ``confidence`` says (one of CONFIDENCES)."""
 
     version: int
     site: str
@@ -28,6 +36,7 @@ class ModelInfo:
     labels: int
     input_height: int
     format_version: int = FORMAT_VERSION
+    confidence: str = TEXT_PROBABILITY
 
     def properties(self) -> dict[str, str]:
         """The metadata as ONNX ``metadata_props`` (strings)."""
@@ -40,6 +49,8 @@ class ModelInfo:
         a learnt model's, or one of a newer format."""
         if properties.get("kind") != KIND:
             raise ValueError("no learnt model metadata (not written by learn train)")
+        # Files written before confidence was recorded measured it along the best path.
+        properties = {"confidence": json.dumps(BEST_PATH), **properties}
         try:
             values = {key: json.loads(properties[key]) for key in cls.__dataclass_fields__}
         except KeyError as exc:
@@ -53,6 +64,11 @@ class ModelInfo:
             raise ValueError(
                 f"written in model format {values['format_version']!r}, newer than this "
                 f"version of scrapy-capsolver-ocr reads ({FORMAT_VERSION}): upgrade it"
+            )
+        if values["confidence"] not in CONFIDENCES:
+            raise ValueError(
+                f"its confidence is measured as {values['confidence']!r}, which this version "
+                "of scrapy-capsolver-ocr does not know: upgrade it"
             )
         types = {"version": int, "labels": int, "input_height": int, "site": str, "alphabet": str}
         for key, kind in types.items():

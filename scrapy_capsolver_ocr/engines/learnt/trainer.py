@@ -57,8 +57,8 @@ class TrainingJob:
     """What the training process is given (pickled over its standard input)."""
 
     site: str
-    #: (image bytes, answer) of each label.
-    labels: list[tuple[bytes, str]]
+    #: (image bytes, answer, source) of each label, oldest first.
+    labels: list[tuple[bytes, str, str]]
     output: str
     previous: str | None
     seed: int = 0
@@ -197,7 +197,10 @@ class CrawlTrainer:
         previous = await self._shelf.fetch(site, version) if version is not None else None
         job = TrainingJob(
             site=site,
-            labels=[(label.image, label.text) for label in labels],
+            labels=[
+                (label.image, label.text, label.source)
+                for label in sorted(labels, key=lambda label: label.when)
+            ],
             output=str(output),
             previous=str(previous) if previous is not None else None,
             seed=self._options.seed,
@@ -279,7 +282,7 @@ def _serve() -> None:
         from .training import Label, train_model
 
         report = train_model(
-            [Label(image=image, text=text) for image, text in job.labels],
+            [Label(image, text, source) for image, text, source in job.labels],
             Path(job.output),
             site=job.site,
             previous=Path(job.previous) if job.previous is not None else None,
