@@ -1,5 +1,5 @@
 """The learning curve: paid createTask calls per successful login as a site-learnt reader
-learns a captcha style from the answers the site accepts (issue 18).
+learns a captcha style from the answers the site accepts.
 
 A simulation with the real engines and the real trainer, not a crawl: the full run is 45,000
 logins (5,000 on each of 3 styles, in 3 modes) with a dozen trainings of minutes each, and

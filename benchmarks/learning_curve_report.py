@@ -1,4 +1,4 @@
-"""The learning curve's results as a plot, tables, the issue's targets checked, and the
+"""The learning curve's results as a plot, tables, the targets checked, and the
 "Site-learnt reader" section of docs/benchmarks.md. Works on the saved JSON only: no
 engine, no training."""
 
@@ -14,7 +14,7 @@ MODE_TITLES = {
     "local": "local-first, no learning",
     "learn": "local-first with learning",
 }
-#: The issue's target window: the logins after this many accepted answers.
+#: The targets' window: the logins after this many accepted answers.
 TARGET_LABELS = 3000
 TARGET_WINDOW = 500
 #: The claptcha style's targets: paid calls and refused local answers per login.
@@ -117,7 +117,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
                     linestyle=":" if training["promoted"] else "--",
                     alpha=0.6,
                 )
-        if style == "claptcha":  # the style the issue sets targets on
+        if style == "claptcha":  # the style the targets are set on
             paid_axis.axhline(TARGET_PAID, color="#2ca02c", linestyle="-.", linewidth=1)
             refused_axis.axhline(TARGET_REFUSED, color="#2ca02c", linestyle="-.", linewidth=1)
         paid_axis.set_title(f"{style} ({data['library']})")
@@ -143,7 +143,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
     handles.append(matplotlib.lines.Line2D([], [], color="#2ca02c", linestyle="-."))
     figure.legend(
         handles,
-        [MODE_TITLES[mode] for mode in MODES] + ["the issue's targets (claptcha)"],
+        [MODE_TITLES[mode] for mode in MODES] + ["the targets (claptcha)"],
         loc="lower center",
         ncol=4,
         fontsize="small",
@@ -270,7 +270,7 @@ def trainings_table(results: dict[str, Any]) -> list[str]:
 
 
 def targets(results: dict[str, Any]) -> list[str]:
-    """The issue's targets, checked on the results: one line each. Over the logins of
+    """The targets, checked on the results: one line each. Over the logins of
     :func:`comparison`: after 3,000 labels, else the last a stopped run measured (said)."""
     lines = []
     for style, data in results["styles"].items():
@@ -335,7 +335,7 @@ def section(results: dict[str, Any], command: str, png: str) -> str:
         SECTION_START,
         "## Site-learnt reader: the learning curve",
         "",
-        "How many captchas a site-learnt reader (issue 18) takes off the bill as it learns a "
+        "How many captchas a site-learnt reader takes off the bill as it learns a "
         "site's captcha style from the answers the site accepts. **A simulation with the real "
         "engines and the real trainer, not a crawl**: the captchas are drawn by captcha "
         "libraries from PyPI (seeded), ddddocr reads them through the plugin's `OcrEngine` "
@@ -375,7 +375,7 @@ def section(results: dict[str, Any], command: str, png: str) -> str:
     parts += results_table(results)
     parts += ["", "Trainings (time on this machine, model size, held-out figures):", ""]
     parts += trainings_table(results)
-    parts += ["", "The issue's targets:", ""]
+    parts += ["", "The targets:", ""]
     parts += targets(results)
     parts += ["", f"![Paid calls per successful login against logins]({png})", "", SECTION_END]
     return "\n".join(parts)

@@ -1,4 +1,4 @@
-"""A reader learnt from a site's own accepted answers (issue 18): a small convolutional
+"""A reader learnt from a site's own accepted answers: a small convolutional
 network with a CTC loss, trained on this machine's CPU and read through onnxruntime.
 
 - :mod:`.inputs`: the image as the network takes it, the same for training and reading.
