@@ -42,12 +42,12 @@ class FleetRedis:
         return self.target.key_prefix
 
 
-async def fleet_names(redis: FleetRedis) -> list[str]:
-    """Every fleet that has used this Redis."""
+async def fleet_names(redis: FleetRedis, key: str = ":meta") -> list[str]:
+    """Every fleet that has used this Redis (that has written its ``fleet:<name><key>``)."""
     start = f"{redis.prefix}fleet:"
     names: set[str] = set()
-    async for key in redis.client.scan_iter(match=f"{start}*:meta", count=1000):
-        names.add(key.decode()[len(start) : -len(":meta")])
+    async for found in redis.client.scan_iter(match=f"{start}*{key}", count=1000):
+        names.add(found.decode()[len(start) : -len(key)])
     return sorted(names)
 
 

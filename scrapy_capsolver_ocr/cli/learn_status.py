@@ -10,7 +10,6 @@ crawl: the files are read directly, and Redis through redis-py on an asyncio loo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
@@ -73,7 +72,7 @@ def learn_status(args: argparse.Namespace) -> int:
     """Print each site's labels and model; 1 with a one-line message when it cannot."""
     try:
         if args.redis_url:
-            lines = asyncio.run(_fleet_lines(args.redis_url, args.fleet, args.redis_cluster))
+            lines = _fleet_lines(args.redis_url, args.fleet, args.redis_cluster)
         else:
             lines = _disk_lines(learn_directory(args.learn_dir))
     except (LearnStatusError, ValueError, OSError) as exc:
@@ -164,42 +163,31 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f} %"
 
 
-async def _fleet_lines(url: str, fleet: str | None, cluster: bool) -> list[str]:
-    from ..checks import check_redis_url
+def _fleet_lines(url: str, fleet: str | None, cluster: bool) -> list[str]:
+    # redis-py only when a Redis is asked for: the disk needs no extra.
     from ..engines.learnt.labels import RedisLabelStore
-    from ..state.redis_connection import UNAVAILABLE, RedisTarget, close_client
+    from . import fleet_commands
 
-    target = RedisTarget(check_redis_url("--redis-url", url), cluster=cluster)
-    client = target.client()
-    try:
-        names = [fleet] if fleet else await _learning_fleets(client, target.key_prefix)
+    async def read(redis: fleet_commands.FleetRedis) -> list[str]:
+        names = [fleet] if fleet else await fleet_commands.fleet_names(redis, ":learn:sites")
         if not names:
-            return [f"No fleet has learnt in this Redis ({target.describe()}) yet."]
+            return [f"No fleet has learnt in this Redis ({redis.target.describe()}) yet."]
         lines: list[str] = []
         with tempfile.TemporaryDirectory(prefix="capsolver-learn-status-") as scratch:
             for name in names:
-                keys = LearnKeys(f"{target.key_prefix}fleet:{name}:")
-                labels = await RedisLabelStore(client, keys, sys.maxsize).sites()
-                models = await _fleet_models(client, keys)
+                keys = LearnKeys(f"{redis.prefix}fleet:{name}:")
+                labels = await RedisLabelStore(redis.client, keys, sys.maxsize).sites()
+                models = await _fleet_models(redis.client, keys)
                 files = _write_models(Path(scratch), models)
                 versions = {site: version for site, (version, _) in models.items()}
                 statuses = site_statuses(labels, versions, _written(files))
                 lines += describe(statuses, f"Fleet {name}")
         return lines
-    except UNAVAILABLE as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise LearnStatusError(f"Redis at {target.describe()}: {reason}") from None
-    finally:
-        await close_client(client)
 
-
-async def _learning_fleets(client: Any, prefix: str) -> list[str]:
-    start = f"{prefix}fleet:"
-    end = ":learn:sites"
-    names = set()
-    async for key in client.scan_iter(match=f"{start}*{end}", count=1000):
-        names.add(key.decode()[len(start) : -len(end)])
-    return sorted(names)
+    try:
+        return fleet_commands.run(url, read, cluster=cluster)
+    except fleet_commands.FleetCommandError as exc:
+        raise LearnStatusError(str(exc)) from None
 
 
 async def _fleet_models(client: Any, keys: LearnKeys) -> dict[str, tuple[int, bytes]]:
