@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from scrapy_capsolver_ocr import (
     CaptchaAccountError,
     CaptchaBudgetError,
+    CaptchaNoSlotError,
     CaptchaTaskError,
     CaptchaTransientError,
 )
@@ -282,8 +283,7 @@ def test_which_failures_may_have_created_a_task(
 
 def test_no_slot_is_known_by_its_code_or_class() -> None:
     assert is_no_slot(NO_SLOT)
-    no_slot_class = type("CaptchaNoSlotError", (CaptchaTransientError,), {})
-    assert is_no_slot(no_slot_class("x", "SOMETHING_ELSE"))
+    assert is_no_slot(CaptchaNoSlotError("x", "SOMETHING_ELSE"))
     assert not is_no_slot(BUSY)
     assert not is_no_slot(CaptchaTaskError("x", "ERROR_NO_SLOT_AVAILABLE"))
 

@@ -40,6 +40,7 @@ from ...errors import (
     CaptchaAccountError,
     CaptchaBlockedError,
     CaptchaFleetError,
+    CaptchaNoSlotError,
     CaptchaSolveError,
     CaptchaTaskError,
     CaptchaTransientError,
@@ -70,8 +71,8 @@ PERMIT_RECHECK = 0.05
 
 def is_no_slot(exc: Exception) -> bool:
     """The service has no free worker for now (by its error table's class or code)."""
-    return isinstance(exc, CaptchaTransientError) and (
-        type(exc).__name__ == "CaptchaNoSlotError" or exc.error_code in NO_SLOT_CODES
+    return isinstance(exc, CaptchaNoSlotError) or (
+        isinstance(exc, CaptchaTransientError) and exc.error_code in NO_SLOT_CODES
     )
 
 
