@@ -35,6 +35,7 @@ from ..server import http as ocr_server_http
 from ..settings import DEFAULT_API_URL, SolverSettings
 from ..state.fleet import EXTRA_HINT
 from . import api_commands, learn_commands
+from .arguments import positive_int
 
 #: Read by ``serve`` when ``--require-key`` is not given: a key on the command line would show
 #: in the process list.
@@ -265,7 +266,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     serve.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=ocr_server.DEFAULT_WORKERS,
         help="images read at the same time, in threads (default: %(default)s)",
     )
@@ -362,7 +363,7 @@ def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     calibrate.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         help="images read at the same time, in threads (default: %(default)s)",
     )
@@ -545,13 +546,6 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -565,7 +559,7 @@ _SERVE_LIMITS: list[tuple[str, str | None, Callable[[str], Any], Any, str]] = [
     (
         "--max-pixels",
         None,
-        _positive_int,
+        positive_int,
         ocr_server.DEFAULT_MAX_PIXELS,
         "images whose header declares more pixels are refused before decoding "
         "(default: %(default)s, as CAPSOLVER_MAX_IMAGE_PIXELS)",
@@ -573,7 +567,7 @@ _SERVE_LIMITS: list[tuple[str, str | None, Callable[[str], Any], Any, str]] = [
     (
         "--max-body",
         "BYTES",
-        _positive_int,
+        positive_int,
         ocr_server_http.DEFAULT_MAX_BODY,
         "larger request bodies are refused unread (default: %(default)s)",
     ),
@@ -594,7 +588,7 @@ _SERVE_LIMITS: list[tuple[str, str | None, Callable[[str], Any], Any, str]] = [
     (
         "--max-connections",
         None,
-        _positive_int,
+        positive_int,
         None,
         "open connections at most; over it, the longest-idle one is closed "
         "(default: the open-file limit less 64)",

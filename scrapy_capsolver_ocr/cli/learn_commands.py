@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import learn_status
 from .api_commands import report_failure
+from .arguments import positive_int
 
 if TYPE_CHECKING:
     from ..engines.learnt.model import LearntModel
@@ -78,7 +79,7 @@ def add_learn(
     )
     train.add_argument("--site", help="the site the model reads (default: LABEL_DIR's name)")
     train.add_argument(
-        "--epochs", type=_positive, help="passes over the labels (default: by their number)"
+        "--epochs", type=positive_int, help="passes over the labels (default: by their number)"
     )
     train.add_argument("--seed", type=int, default=0, help="seed of the split and training")
     train.add_argument(
@@ -114,16 +115,6 @@ def add_learn(
     )
     learn_status.add_arguments(status)
     return actions
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return value
 
 
 def _share(text: str) -> float:
