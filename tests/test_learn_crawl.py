@@ -52,7 +52,7 @@ from scrapy_capsolver_ocr.engines.learnt.onnx_file import onnx_bytes
 from scrapy_capsolver_ocr.engines.learnt.reader import LearntReader
 from scrapy_capsolver_ocr.engines.learnt.shelf import DiskShelf, ModelFiles, RedisShelf
 from scrapy_capsolver_ocr.engines.learnt.trainer import TrainingFailed, TrainingJob, TrainingProcess
-from scrapy_capsolver_ocr.engines.local.workers import _send as send_frame
+from scrapy_capsolver_ocr.engines.local.workers import send_frame
 from scrapy_capsolver_ocr.settings import SolverSettings
 from scrapy_capsolver_ocr.state.redis_connection import RedisTarget, close_client
 

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from scrapy.statscollectors import StatsCollector
 
-from ..local.workers import NICENESS, WorkerThreads, _receive, _send
+from ..local.workers import NICENESS, WorkerThreads, receive_frame, send_frame
 from .labels import LabelStore, StoredLabel
 from .shelf import ModelShelf
 
@@ -91,8 +91,8 @@ class TrainingProcess:
             if self._stopped:
                 raise EOFError
             # Its input stays open while it trains: it ends when the crawl's process is gone.
-            _send(process.stdin, dataclasses.asdict(self.job))
-            outcome, value = _receive(process.stdout)
+            send_frame(process.stdin, dataclasses.asdict(self.job))
+            outcome, value = receive_frame(process.stdout)
         except (EOFError, OSError):
             process.kill()
             code = process.wait()
@@ -274,7 +274,7 @@ def _serve() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     # Whatever the training libraries print must not corrupt the answer.
     sys.stdout = sys.stderr
-    job = TrainingJob(**_receive(stdin))
+    job = TrainingJob(**receive_frame(stdin))
     # The crawl closes this input when it has the answer, or when it is gone (killed, say):
     # nobody is left to use the model then.
     threading.Thread(target=_exit_at_end_of, args=(stdin,), daemon=True).start()
@@ -291,7 +291,7 @@ def _serve() -> None:
         answer: tuple[str, Any] = ("ok", report)
     except Exception as exc:  # the crawl logs it; the process ends either way
         answer = ("error", f"{type(exc).__name__}: {exc}")
-    _send(stdout, answer)  # written and flushed
+    send_frame(stdout, answer)  # written and flushed
     # Not a normal interpreter exit: its shutdown would race the thread still reading the
     # input, and Python aborts (SIGABRT) when a daemon thread holds stdin's buffer then.
     os._exit(0)

@@ -110,13 +110,13 @@ class WorkerProcessDied(RuntimeError):
     """The worker process reading an image exited before it answered."""
 
 
-def _send(stream: IO[bytes], message: object) -> None:
+def send_frame(stream: IO[bytes], message: object) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_FRAME.pack(len(data)) + data)
     stream.flush()
 
 
-def _receive(stream: IO[bytes]) -> Any:
+def receive_frame(stream: IO[bytes]) -> Any:
     """The next message, or raise EOFError when the other end has gone."""
     header = stream.read(_FRAME.size)
     if len(header) < _FRAME.size:
@@ -165,8 +165,8 @@ class WorkerProcesses:
             process = self._take()
             try:
                 assert process.stdin is not None and process.stdout is not None
-                _send(process.stdin, args)
-                outcome, value = _receive(process.stdout)
+                send_frame(process.stdin, args)
+                outcome, value = receive_frame(process.stdout)
             except (EOFError, OSError):
                 _stop(process, 10.0)  # it is gone: close its pipes, collect its exit code
                 code = process.returncode
@@ -238,7 +238,7 @@ def _serve(target: str) -> None:
     sys.stdout = sys.stderr
     while True:
         try:
-            args = _receive(stdin)
+            args = receive_frame(stdin)
         except EOFError:
             return
         try:
@@ -246,9 +246,9 @@ def _serve(target: str) -> None:
         except Exception as exc:  # the caller gets it, raised as in a thread
             answer = ("error", exc)
         try:
-            _send(stdout, answer)
+            send_frame(stdout, answer)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            _send(stdout, ("error", RuntimeError(f"{answer[1]!r} cannot be sent back: {exc}")))
+            send_frame(stdout, ("error", RuntimeError(f"{answer[1]!r} cannot be sent back: {exc}")))
 
 
 if __name__ == "__main__":
