@@ -227,6 +227,7 @@ def simulate(
     log: Any = print,
     keep: Callable[[Run], None] | None = None,
 ) -> Run:
+    from scrapy_capsolver_ocr.engines.learnt.labels import CLOUD, LOCAL
     from scrapy_capsolver_ocr.engines.learnt.model import LearntModel
     from scrapy_capsolver_ocr.engines.learnt.training import Label, train_model
 
@@ -267,7 +268,10 @@ def simulate(
                 elif source == "ddddocr":
                     current.answered_ddddocr += 1
                 if mode == "learn":
-                    labels.append(Label(image, text))
+                    # Who read it, as the crawl's label store records: the trainer holds out
+                    # only answers no local reader gave, so the model it must beat is judged
+                    # on captchas it did not answer itself.
+                    labels.append(Label(image, text, CLOUD if source == "cloud" else LOCAL))
                 break
             if source == "cloud":
                 current.refused_cloud += 1
