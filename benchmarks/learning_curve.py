@@ -268,9 +268,7 @@ def simulate(
                 elif source == "ddddocr":
                     current.answered_ddddocr += 1
                 if mode == "learn":
-                    # Who read it, as the crawl's label store records: the trainer holds out
-                    # only answers no local reader gave, so the model it must beat is judged
-                    # on captchas it did not answer itself.
+                    # Who read it, as the crawl's label store records.
                     labels.append(Label(image, text, CLOUD if source == "cloud" else LOCAL))
                 break
             if source == "cloud":

@@ -40,7 +40,6 @@ from scrapy_capsolver_ocr.engines.learnt.threshold import (
     promotion,
     scored,
 )
-from scrapy_capsolver_ocr.engines.learnt.trainer import TrainingFailed, TrainingJob, TrainingProcess
 from scrapy_capsolver_ocr.engines.learnt.training import (
     Label,
     TrainingProgress,
@@ -294,45 +293,22 @@ def test_default_epochs_pass_over_about_48000_images_within_the_range() -> None:
     assert [default_epochs(n) for n in (2400, 3200, 800, 100, 100_000)] == [20, 15, 40, 40, 8]
 
 
-def test_the_newest_labels_no_local_reader_answered_are_held_out() -> None:
-    eligible = [True, False, True, True, False, True, True, False, True, True, False]
-    train, heldout = _split(eligible, 0.3)
-    # 7 eligible: the newest 2 of them, never a local reader's answer.
-    assert heldout == [8, 9]
-    assert train == [0, 1, 2, 3, 4, 5, 6, 7, 10]
-    with pytest.raises(ValueError, match="no label can be held out"):
-        _split([False] * 12, 0.2)
+def test_the_newest_labels_are_held_out_whoever_read_them() -> None:
+    train, heldout = _split(11, 0.3)
+    assert heldout == [8, 9, 10]
+    assert train == list(range(8))
+    assert _split(3, 0.2) == ([0, 1], [2])
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_a_previous_model_never_trained_on_the_labels_that_judge_it(seed: int) -> None:
+@pytest.mark.parametrize("share", [0.15, 0.2, 0.3])
+def test_a_previous_model_never_trained_on_the_labels_that_judge_it(share: float) -> None:
     """Labels arrive in order; each model is trained on all of them so far. Whatever the
     previous model trained on (its own split of fewer labels), the next one's held-out
     labels are none of them."""
-    random = np.random.default_rng(seed)
-    eligible = [bool(random.random() < 0.6) for _ in range(3000)]
     for before in (1000, 1500, 2000):
-        previous_train, _ = _split(eligible[:before], 0.2)
-        _, heldout = _split(eligible, 0.2)
+        previous_train, _ = _split(before, share)
+        _, heldout = _split(3000, share)
         assert not set(previous_train) & set(heldout)
-        assert all(eligible[index] for index in heldout)
-
-
-def test_labels_a_local_reader_answered_are_never_held_out(tmp_path: Path) -> None:
-    labels = [Label(image, answer, LOCAL) for answer, image in fixed_captchas("digits", 12, seed=4)]
-    with pytest.raises(ValueError, match="no label can be held out"):
-        train_model(labels, tmp_path / "model.onnx")
-    # The crawl's training process gets each label's source with it.
-    job = TrainingJob(
-        site="http://127.0.0.1:1",
-        labels=[(label.image, label.text, LOCAL) for label in labels],
-        output=str(tmp_path / "model.onnx"),
-        previous=None,
-    )
-    with pytest.raises(TrainingFailed, match="no label can be held out"):
-        TrainingProcess(job).run()
-    assert not (tmp_path / "model.onnx").exists()
-    assert Label(b"", "1", CLOUD).may_be_held_out and Label(b"", "1").may_be_held_out
 
 
 def test_scored_readings_ignore_case_and_empty_text_is_wrong() -> None:
@@ -344,9 +320,32 @@ def test_scored_readings_ignore_case_and_empty_text_is_wrong() -> None:
     ]
 
 
+def test_precision_is_judged_without_a_local_readers_answers_coverage_with_them() -> None:
+    readings = [Scored(0.9, True), Scored(0.8, True), Scored(0.7, False), Scored(0.6, True)]
+    # The threshold chosen on the judging readings, coverage counted over all of them.
+    judged_by_two = HeldoutScore.judged(readings, [False, True, False, True], 0.97)
+    assert judged_by_two == HeldoutScore(3 / 4, 0.6, 1.0, 1.0)
+    judged_by_three = HeldoutScore.judged(readings, [True, True, True, False], 0.97)
+    assert judged_by_three == HeldoutScore(3 / 4, 0.8, 2 / 4, 1.0)
+    assert HeldoutScore.judged(readings, [False] * 4, 0.97) == HeldoutScore(3 / 4, None, 0.0, 0.0)
+
+
+def test_labels_a_local_reader_answered_train_but_never_judge_precision(tmp_path: Path) -> None:
+    labels = [Label(image, answer, LOCAL) for answer, image in fixed_captchas("digits", 12, seed=4)]
+    report = train_model(labels, tmp_path / "model.onnx", epochs=1)
+    assert not report.promoted and report.threshold is None
+    assert "no confidence threshold" in report.reason
+    assert not (tmp_path / "model.onnx").exists()
+    assert not labels[0].judges_precision
+    assert Label(b"", "1", CLOUD).judges_precision and Label(b"", "1").judges_precision
+
+
 def test_heldout_score() -> None:
-    score = HeldoutScore.of([Scored(0.9, True), Scored(0.5, False), Scored(0.4, True)], 0.97)
-    assert score == HeldoutScore(2 / 3, 0.9, 1 / 3, 1.0)
+    readings = [Scored(0.9, True), Scored(0.5, False), Scored(0.4, True), Scored(0.8, True)]
+    assert HeldoutScore.of(readings, 0.97) == HeldoutScore(3 / 4, 0.8, 2 / 4, 1.0)
+    # A previous model is scored at the threshold it reads with, whatever these labels say.
+    assert HeldoutScore.at(readings, 0.45) == HeldoutScore(3 / 4, 0.45, 3 / 4, 2 / 3)
+    assert HeldoutScore.at(readings, 0.95) == HeldoutScore(3 / 4, 0.95, 0.0, 0.0)
 
 
 @pytest.mark.parametrize(

@@ -71,8 +71,25 @@ class HeldoutScore:
 
     @classmethod
     def of(cls, readings: Sequence[Scored], min_precision: float) -> HeldoutScore:
+        """With the threshold chosen on ``readings`` for ``min_precision``."""
+        return cls.at(readings, choose_threshold(readings, min_precision))
+
+    @classmethod
+    def judged(
+        cls, readings: Sequence[Scored], judges: Sequence[bool], min_precision: float
+    ) -> HeldoutScore:
+        """With the threshold chosen, and its precision measured, on the readings whose
+        ``judges`` is true (labels that are no local reader's right answers alone); the
+        accuracy and coverage on all ``readings``, as the crawl meets them."""
+        judging = [reading for reading, judge in zip(readings, judges, strict=True) if judge]
+        on_judging = cls.of(judging, min_precision)
+        on_all = cls.at(readings, on_judging.threshold)
+        return cls(on_all.accuracy, on_judging.threshold, on_all.coverage, on_judging.precision)
+
+    @classmethod
+    def at(cls, readings: Sequence[Scored], threshold: float | None) -> HeldoutScore:
+        """At a given threshold (a model's own)."""
         accuracy = sum(reading.right for reading in readings) / len(readings) if readings else 0.0
-        threshold = choose_threshold(readings, min_precision)
         coverage, precision = at_threshold(readings, threshold)
         return cls(accuracy, threshold, coverage, precision)
 

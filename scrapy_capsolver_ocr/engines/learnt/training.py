@@ -4,9 +4,9 @@ the new model is good enough to use and better than the one it would replace.
 CPU-heavy and blocking: run it in a child process, never on the reactor thread. It starts
 no thread of its own; numpy's BLAS uses what ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``
 allow. The network (:mod:`.network`) is trained with autograd and Adam on the CTC loss
-(:mod:`.ctc`); the held-out labels (the newest 20 % of those no local reader answered,
-see :func:`_split`) are read through the very ONNX bytes that would be written, so the
-threshold is chosen on what the crawl will read.
+(:mod:`.ctc`); the held-out labels (the newest 20 %, see :func:`_split`) are read
+through the very ONNX bytes that would be written, so the threshold is chosen on what the
+crawl will read.
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ class Label:
     source: str | None = None
 
     @property
-    def may_be_held_out(self) -> bool:
-        """Whether the label may judge a model: not one a local reader (perhaps the very
-        model to beat) answered itself, since only its confident right answers became
-        labels and they would flatter it."""
+    def judges_precision(self) -> bool:
+        """Whether the label may judge the precision of a threshold: not one a local reader
+        (perhaps the very model to beat) answered itself, since only its right answers
+        became labels (a refused answer is none) and its wrong ones are missing."""
         return self.source != LOCAL
 
 
@@ -114,18 +114,14 @@ def _validate(labels: Sequence[Label], heldout_share: float, min_precision: floa
             )
 
 
-def _split(eligible: Sequence[bool], share: float) -> tuple[list[int], list[int]]:
+def _split(count: int, share: float) -> tuple[list[int], list[int]]:
     """The indices to train on and to hold out. Labels come oldest first: the held-out ones
-    are the newest ``share`` of those ``eligible`` to be held out, so a previous model,
-    trained on fewer labels the same way, never saw them (it held out its own newest
-    share of the eligible labels and trained on older ones)."""
-    candidates = [index for index, ok in enumerate(eligible) if ok]
-    if not candidates:
-        raise ValueError(
-            "no label can be held out to judge the model: every one was read by a local reader"
-        )
-    held = set(candidates[-max(1, round(len(candidates) * share)) :])
-    return [i for i in range(len(eligible)) if i not in held], sorted(held)
+    are the newest ``share``, so a previous model, trained the same way on fewer labels,
+    never saw them. They are held out whoever read them: the captchas a local reader
+    answered are part of what the crawl will meet, so coverage is measured on all of them
+    (precision only on those that may judge it, :attr:`Label.judges_precision`)."""
+    held = max(1, round(count * share))
+    return list(range(count - held)), list(range(count - held, count))
 
 
 def _shifted(images: Array, random_state: np.random.Generator) -> Array:
@@ -241,31 +237,30 @@ def train_model(
     """Train a reader on ``labels`` (oldest first) and write it to ``output`` if it is
     promoted: when it reaches ``min_precision`` at some confidence threshold with non-zero
     coverage on the held-out labels, and reads them better than ``previous`` (a model
-    file) does. Labels whose image cannot be read are skipped (counted in the report).
-    Raises ValueError for too few labels, none that may be held out
-    (:attr:`Label.may_be_held_out`), a label without text, bad arguments or an unreadable
-    ``previous``; :class:`~. LearnUnavailableError` without the ``learn`` extra. Blocks
-    for minutes."""
+    file) does at the threshold it reads with. Labels whose image cannot be read are
+    skipped (counted in the report). Raises ValueError for too few labels, a label without
+    text, bad arguments or an unreadable ``previous``; :class:`~. LearnUnavailableError`
+    without the ``learn`` extra. Blocks for minutes."""
     require_learn("Training a learnt model")
     began = time.monotonic()
     _validate(labels, heldout_share, min_precision)
     old = LearntModel.load(previous) if previous is not None else None
     inputs: list[Array] = []
     answers: list[str] = []
-    eligible: list[bool] = []
+    judges: list[bool] = []
     for label in labels:
         try:
             inputs.append(network_input(label.image))
         except ValueError:  # InvalidImageError: the store counts these too
             continue
         answers.append(label.text)
-        eligible.append(label.may_be_held_out)
+        judges.append(label.judges_precision)
     skipped = len(labels) - len(inputs)
     if len(inputs) < MIN_LABELS:
         raise ValueError(f"{len(inputs)} readable labels; training needs at least {MIN_LABELS}")
     alphabet = "".join(sorted({char for answer in answers for char in answer}))
     targets = [[alphabet.index(char) + 1 for char in answer] for answer in answers]
-    train, heldout = _split(eligible, heldout_share)
+    train, heldout = _split(len(inputs), heldout_share)
     epochs = epochs if epochs is not None else default_epochs(len(train))
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, not {epochs}")
@@ -287,15 +282,19 @@ def train_model(
     info = ModelInfo(version, site, alphabet, 1.0, 0.0, 0.0, 0.0, len(inputs), HEIGHT)
     # Read the held-out labels through the ONNX bytes the crawl would read with.
     reader = LearntModel(output, onnx_bytes(parameters, info))
-    score = HeldoutScore.of(
+    score = HeldoutScore.judged(
         scored([reader.read_input(values) for values in heldout_inputs], heldout_answers),
+        [judges[i] for i in heldout],
         min_precision,
     )
     previous_score = None
     if old is not None:
-        previous_score = HeldoutScore.of(
+        # At the threshold it reads with, not one chosen again on these labels: those it
+        # answered are here only where it was right (a refused answer is no label), so a
+        # threshold chosen on them would flatter it.
+        previous_score = HeldoutScore.at(
             scored([old.read_input(values) for values in heldout_inputs], heldout_answers),
-            min_precision,
+            old.threshold,
         )
     promoted, reason = promotion(score, previous_score, min_precision)
     info = ModelInfo(
