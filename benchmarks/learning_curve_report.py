@@ -361,10 +361,10 @@ def section(results: dict[str, Any], command: str, png: str) -> str:
         "",
         f"Run: `{command}`, then `python benchmarks/learning_curve.py --report` (the plot "
         "`docs/learning-curve.png`, the numbers in `docs/learning-curve.json`, this "
-        "section). Trainings ran with one BLAS thread, niced, on the shared 2-core machine: "
-        "their times are upper bounds. Reproduce the captchas and the ddddocr column with "
-        "`python benchmarks/learning_curve.py --baseline`; a five-minute smoke run of every "
-        "stage: `--quick`.",
+        "section). Trainings ran with one BLAS thread, two styles side by side, on a 2-core "
+        "machine other work shared at times: their times are upper bounds. Reproduce the "
+        "captchas and the ddddocr column with `python benchmarks/learning_curve.py "
+        "--baseline`; a five-minute smoke run of every stage: `--quick`.",
         "",
     ]
     if results.get("baseline"):
