@@ -29,7 +29,11 @@ from scrapy_capsolver_ocr.engines.learnt.metadata import (
     TEXT_PROBABILITY,
     ModelInfo,
 )
-from scrapy_capsolver_ocr.engines.learnt.model import LearntModel, read_probabilities
+from scrapy_capsolver_ocr.engines.learnt.model import (
+    LearntModel,
+    best_path_groups,
+    read_probabilities,
+)
 from scrapy_capsolver_ocr.engines.learnt.network import count, folded, forward, initial_parameters
 from scrapy_capsolver_ocr.engines.learnt.onnx_file import onnx_bytes
 from scrapy_capsolver_ocr.engines.learnt.threshold import (
@@ -238,6 +242,21 @@ def test_labelling_probability_is_the_sum_over_all_alignments() -> None:
     # More characters than the frames can hold (a repeat needs a blank between).
     assert labelling_probability(probabilities, [1, 1, 1, 1]) == 0.0
     assert labelling_probability(np.zeros((0, 3)), [1]) == 0.0
+
+
+def test_labelling_probability_agrees_with_the_training_sums() -> None:
+    # Reading sums in linear space, rescaled frame by frame; training in log space. Over 60
+    # frames the probabilities run from 1e-9 (the best path's text) down to 1e-85.
+    random = np.random.default_rng(11)
+    logits = random.normal(scale=3.0, size=(1, 60, 6))
+    probabilities = np.exp(log_softmax(logits))[0]
+    best = best_path_groups(probabilities)
+    labels = [best, best[:-1], [1, 2, 3], [3], [], [2, 2, 2], [1] * 40]
+    losses, _ = ctc_loss_and_gradient(logits.repeat(len(labels), axis=0), labels)
+    for label, loss in zip(labels, losses, strict=True):
+        expected = math.exp(-loss) if math.isfinite(loss) else 0.0
+        assert labelling_probability(probabilities, label) == pytest.approx(expected, rel=1e-9)
+    assert labelling_probability(probabilities, [1] * 40) == 0.0  # 40 repeats need 79 frames
 
 
 CHARSET = ["", "a", "A", "b", "B"]

