@@ -99,7 +99,7 @@ def labelling_probability(probabilities: Array, label: Sequence[int]) -> float:
     moves[skips_to - 2, skips_to] = 1.0
     emit = np.asarray(probabilities, dtype=np.float64)[:, extended[0]]
     alpha = np.zeros(size)
-    alpha[: min(2, size)] = emit[0, : min(2, size)]
+    alpha[:2] = emit[0, :2]  # a path starts on the first blank or the first character
     log_scale = 0.0
     for t in range(1, emit.shape[0]):
         total = alpha.sum()
@@ -107,7 +107,7 @@ def labelling_probability(probabilities: Array, label: Sequence[int]) -> float:
             return 0.0
         log_scale += math.log(total)
         alpha = (alpha / total) @ moves * emit[t]
-    ending = alpha[-1] + (alpha[-2] if size > 1 else 0.0)
+    ending = alpha[-2:].sum()  # it ends on the last character or the blank after it
     if ending <= 0.0:
         return 0.0
     return min(1.0, math.exp(log_scale + math.log(ending)))
