@@ -93,9 +93,11 @@ class Fault:
         return self.name.replace(" ", "-").replace("`", "")
 
 
-# A timeout far above a normal call (a few ms), far below the injected latency; enough slots
-# that the 40 slow calls wait side by side.
-SLOW_CALLS = {"CAPSOLVER_TIMEOUT": 1, "CAPSOLVER_CONCURRENCY": 64}
+# A timeout far above a normal call (a few ms, but over a second on a loaded machine: the row
+# counts every timeout, so a normal call must never reach it), far below the injected
+# latency; enough slots that the 40 slow calls wait side by side.
+SLOW_CALLS = {"CAPSOLVER_TIMEOUT": 4, "CAPSOLVER_CONCURRENCY": 64}
+SLOW = 60  # seconds the slow calls would take; the mock drops them when the crawl gives up
 
 
 def once_each(fault: str, **rule: Any) -> tuple[dict[str, Any], ...]:
@@ -175,7 +177,7 @@ def failing_balance(name: str, rule: dict[str, Any], **settings: Any) -> Fault:
 FAULTS: list[Fault] = [
     Fault(
         "latency past `CAPSOLVER_TIMEOUT`",
-        once_each("latency", seconds=5),
+        once_each("latency", seconds=SLOW),
         "`CaptchaTimeoutError`",
         RETRIED,
         SOLVED,
@@ -185,7 +187,7 @@ FAULTS: list[Fault] = [
     ),
     Fault(
         "latency past `CAPSOLVER_TIMEOUT`, every call",
-        always("latency", seconds=5),
+        always("latency", seconds=SLOW),
         "`CaptchaTimeoutError`",
         RETRIED,
         "each faulty image fails after its retries (1 here); the other 160 are solved",
@@ -511,8 +513,8 @@ FAULTS: list[Fault] = [
     ),
     failing_balance(
         "latency past `CAPSOLVER_TIMEOUT`",
-        {"fault": "latency", "seconds": 5},
-        CAPSOLVER_TIMEOUT=1,
+        {"fault": "latency", "seconds": SLOW},
+        CAPSOLVER_TIMEOUT=SLOW_CALLS["CAPSOLVER_TIMEOUT"],
     ),
     Fault(
         "getBalance at the end: HTTP 503",
