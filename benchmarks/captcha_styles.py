@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_SITE_DIR = Path(__file__).resolve().parents[1] / "example_project" / "demo_site"
+TEST_SERVERS_DIR = Path(__file__).resolve().parents[1] / "tests" / "servers"
 CACHE_DIR = Path("/tmp/learning-curve-cache")
 #: Letters and digits without the pairs people confuse (0/O, 1/I): the demo site's.
 ALPHANUMERIC = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -106,29 +107,15 @@ def _wheezy() -> Callable[[str], bytes]:
     return lambda answer: _png(render(answer))
 
 
-class _GlobalRandomSecrets:
-    """What ``captcha`` 0.7 calls of ``secrets``, drawn from the global ``random`` so that
-    a seed fixes its images (benchmark only: a site must keep ``secrets``)."""
-
-    @staticmethod
-    def randbelow(n: int) -> int:
-        return random.randrange(n)
-
-    @staticmethod
-    def randbits(k: int) -> int:
-        return random.getrandbits(k)
-
-    @staticmethod
-    def choice(seq: Any) -> Any:
-        return random.choice(seq)
-
-
 def _captcha_noisy() -> Callable[[str], bytes]:
     """The ``captcha`` package's default look with noise: the demo site's "noisy" style."""
-    import captcha.image
     from captcha.image import ImageCaptcha
 
-    captcha.image.secrets = _GlobalRandomSecrets  # type: ignore[attr-defined]
+    if str(TEST_SERVERS_DIR) not in sys.path:
+        sys.path.insert(0, str(TEST_SERVERS_DIR))
+    from seeded_drawing import draw_from_global_random
+
+    draw_from_global_random()  # a seed fixes its images
     drawer = ImageCaptcha(width=160, height=60)
     return lambda answer: _png(drawer.generate_image(answer))
 

@@ -1,7 +1,7 @@
-"""Captchas drawn the same on every run, for tests that count what a reader gets right or
-compare image bytes: the ``captcha`` package draws its noise with ``secrets`` (0.6 on),
-which no seed fixes, or with ``random`` (before). Both are made to draw from one seeded
-generator while a block runs; single-threaded callers only."""
+"""Captchas drawn the same on every run, for tests and benchmarks that count what a reader
+gets right or compare image bytes: the ``captcha`` package draws its noise with ``secrets``
+(0.6 on), which no seed fixes, or with ``random`` (before). Here it draws from the global
+``random``, seeded (tests and benchmarks only: a site must keep ``secrets``)."""
 
 from __future__ import annotations
 
@@ -17,31 +17,36 @@ T = TypeVar("T")
 _DRAWING: Any = captcha.image
 
 
-class SeededSecrets:
-    """The part of the ``secrets`` module that ``captcha.image`` calls, seeded."""
+class GlobalRandomSecrets:
+    """The part of the ``secrets`` module that ``captcha.image`` calls, from ``random``."""
 
-    def __init__(self, seed: int | str) -> None:
-        self._random = random.Random(seed)
+    @staticmethod
+    def randbelow(exclusive_upper_bound: int) -> int:
+        return random.randrange(exclusive_upper_bound)
 
-    def randbelow(self, exclusive_upper_bound: int) -> int:
-        return self._random.randrange(exclusive_upper_bound)
+    @staticmethod
+    def randbits(k: int) -> int:
+        return random.getrandbits(k)
 
-    def randbits(self, k: int) -> int:
-        return self._random.getrandbits(k)
+    @staticmethod
+    def choice(sequence: Sequence[T]) -> T:
+        return random.choice(sequence)
 
-    def choice(self, sequence: Sequence[T]) -> T:
-        return self._random.choice(sequence)
+
+def draw_from_global_random() -> None:
+    """From now on, in this process, captcha images follow ``random``'s state."""
+    if hasattr(_DRAWING, "secrets"):
+        _DRAWING.secrets = GlobalRandomSecrets
 
 
 @contextlib.contextmanager
 def seeded_drawing(seed: int | str) -> Iterator[None]:
     """Within the block, captcha images (and ``random``) follow ``seed``; both are put back
-    afterwards."""
+    afterwards. Single-threaded callers only."""
     saved_state = random.getstate()
     saved_secrets = getattr(_DRAWING, "secrets", None)
     random.seed(seed)
-    if saved_secrets is not None:
-        _DRAWING.secrets = SeededSecrets(seed)
+    draw_from_global_random()
     try:
         yield
     finally:
