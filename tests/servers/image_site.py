@@ -27,9 +27,13 @@ from typing import Any
 
 from captcha.image import ImageCaptcha
 from PIL import Image, PngImagePlugin
-from seeded_drawing import seeded_drawing
 from twisted.internet import reactor
 from twisted.web import resource, server
+
+try:  # run as a script, beside the module
+    from seeded_drawing import seeded_drawing
+except ImportError:  # imported by the tests, as servers.image_site
+    from .seeded_drawing import seeded_drawing
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 
