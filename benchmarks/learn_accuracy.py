@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from labelled_captchas import fixed_captchas
+from servers.seeded_drawing import seeded_drawing
 
 from scrapy_capsolver_ocr.engines.learnt.inputs import HEIGHT, batch, network_input
 from scrapy_capsolver_ocr.engines.learnt.metadata import ModelInfo
@@ -61,17 +62,13 @@ def claptcha_captchas(count: int, seed: int) -> list[tuple[str, bytes]]:
 
         ImageFont.FreeTypeFont.getsize = getsize  # type: ignore[attr-defined]
     answers = random.Random(seed)
-    saved = random.getstate()
-    random.seed(seed)  # claptcha draws with the global random
-    try:
-        drawn = []
+    drawn = []
+    with seeded_drawing(seed):  # claptcha draws with the global random
         for _ in range(count):
             answer = "".join(answers.choice(CLAPTCHA_ALPHABET) for _ in range(4))
             _, data = Claptcha(answer, FONT, noise=0.3).bytes
             drawn.append((answer, data.getvalue()))
-        return drawn
-    finally:
-        random.setstate(saved)
+    return drawn
 
 
 def drawer(style: str) -> Callable[[int, int], list[tuple[str, bytes]]]:
